@@ -41,10 +41,109 @@ def command(fn):
 # ---- data: synth, prepare (issue 2) ----------------------------------------
 
 
+@command
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write: OUT/knee/<challenge>_{train,val}/*.h5 and OUT/annotations/*.csv."),
+    volumes: int = typer.Option(24, help="Number of knee volumes (about 80% train, 20% val)."),
+    slices: int = typer.Option(16, help="Sagittal slices per volume."),
+    crop: int = typer.Option(320, help="Reconstruction size (even, >= 32); k-space is (2*crop, ~1.15*crop)."),
+    seed: int = typer.Option(0, help="Same seed, same bytes."),
+    multicoil: bool = typer.Option(False, "--multicoil", help="Write multicoil_* volumes (coil k-space, RSS only)."),
+    coils: int = typer.Option(8, help="Receive coils for --multicoil."),
+):
+    """Write a synthetic fastMRI knee data set with fastMRI+ annotations (no download needed)."""
+    from mrrobust.data.synth import synth as synth_data
+
+    s = synth_data(out, volumes=volumes, slices=slices, crop=crop, seed=seed, multicoil=multicoil, coils=coils, progress=True)
+    positives = ", ".join(f"{label} {n}" for label, n in s["positive_slices"].items())
+    print(f"{s['out']}: {s['volumes']} {s['challenge']} volumes ({s['train']} train, {s['val']} val), "
+          f"k-space {tuple(s['kspace_shape'])}, {s['reviewed']} reviewed; {s['boxes']} boxes, "
+          f"{s['study_level']} study-level rows; positive slices of {s['slices']}: {positives}")
+
+
 # ---- artifacts: artifacts, gallery (issue 3) --------------------------------
 
 
+@command
+def artifacts(
+    size: int = typer.Option(96, "--size", help="Phantom size in pixels for the measured NRMSE/SSIM (64..128 is fast)."),
+    suite: str = typer.Option("mrrobust", "--suite", help="Artifact suite: mrrobust (ours) or study (the released protocol)."),
+):
+    """List the artifacts, their five-step ladders and the median NRMSE/SSIM per severity on built-in phantom slices."""
+    from rich.table import Table
+
+    from mrrobust.artifacts.quality import ladder_table
+
+    if not 16 <= size <= 1024:
+        raise MrRobustError(f"--size {size} is outside 16..1024")
+    if suite not in ("mrrobust", "study"):
+        raise MrRobustError(f"unknown suite {suite!r}; choose mrrobust or study")
+    table = Table(title=f"artifacts (suite {suite}; median over phantom slices at {size} px; severity 1..5)")
+    for column in ("artifact", "domain", "ladder (unit)", "NRMSE 1..5", "SSIM 1..5", "monotone"):
+        table.add_column(column)
+    for row in ladder_table(size=size, suite=suite):
+        table.add_row(row["name"], row["domain"], " / ".join(str(step) for step in row["ladder"]) + f"\n({row['unit']})",
+                      " ".join(f"{v:.3f}" for v in row["nrmse"]), " ".join(f"{v:.3f}" for v in row["ssim"]),
+                      "yes" if row["monotone"] else "no")
+    Console().print(table)
+
+
+@command
+def gallery(
+    data: Path = typer.Option(..., "--data", help="A STORE folder or a fastMRI .h5 volume."),
+    out: Path = typer.Option(Path("gallery.png"), "--out", help="Output image (.png, .pdf, .svg)."),
+    slice_index: Optional[int] = typer.Option(None, "--slice", help="Slice index (default: the middle slice)."),
+    suite: str = typer.Option("mrrobust", "--suite", help="Artifact suite: mrrobust or study."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the corruption."),
+):
+    """One slice under every artifact at severities 0..5, as one grid image."""
+    from mrrobust.artifacts.gallery import gallery as draw, load_slice
+
+    image, label = load_slice(data, slice_index)
+    print(draw(image, out, title=label, suite=suite, seed=seed))
+
+
 # ---- models and training: train (issue 4) -----------------------------------
+
+
+@command
+def train(
+    data: Path = typer.Option(..., "--data", help="STORE folder written by `mrrobust prepare`."),
+    out: Path = typer.Option(..., "--out", help="RUN folder to write (config.json, model.safetensors, metrics.csv, operating_points.json)."),
+    norm: str = typer.Option("batch", help="Normalisation: batch, group, layer, instance or none."),
+    groups: int = typer.Option(32, help="Groups for --norm group (must divide every stage width)."),
+    depth: int = typer.Option(18, help="ResNet depth: 18 or 34."),
+    width: int = typer.Option(64, help="Base channels (64 as in the study; narrower for CPU tests and the demo)."),
+    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
+    batch_size: int = typer.Option(32, help="Batch size per device."),
+    max_epochs: int = typer.Option(200, help="Upper bound on epochs."),
+    patience: int = typer.Option(5, help="Early stopping: epochs without a better mean validation AUC."),
+    seed: int = typer.Option(0, help="Seeds every generator and data-loader worker."),
+    weighted_sampler: bool = typer.Option(True, "--weighted-sampler/--uniform-sampler", help="The study's sampler (inverse frequency of the number of positive labels) or uniform shuffling."),
+    precision: str = typer.Option("32", help="32, bf16-mixed or 16-mixed (GPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network."),
+    accelerator: str = typer.Option("auto", help="auto, cpu or gpu."),
+    devices: int = typer.Option(1, help="Devices per node (>1: DDP; batch norm becomes SyncBatchNorm on GPUs)."),
+    num_nodes: int = typer.Option(1, help="Nodes for multi-node DDP."),
+    workers: int = typer.Option(2, help="Data-loader worker processes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or Lightning banners."),
+):
+    """Train one classifier on a STORE and write a RUN folder."""
+    from mrrobust.training import train as train_run
+
+    summary = train_run(
+        data, out, norm, depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
+        weighted_sampler=weighted_sampler, precision=precision, compile=compile,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, workers=workers,
+        resume=resume, quiet=quiet)
+    if summary is not None:
+        print(f"{summary['run']}: {summary['epochs']} epochs, best epoch {summary['best_epoch']} "
+              f"(mean validation AUC {summary['best_val_auc_mean']:.4f})"
+              f"{', stopped early' if summary['stopped_early'] else ''}")
+
 
 
 # ---- demo --------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""MR acquisition artifacts, simulated on the complex k-space, batched, on any device.
+
+`corrupt(images, name, severity, seeds)` -> `(B, H, W)` float32 magnitude.
+`ARTIFACTS` (our suite, ladders tuned to degrade monotonically) and `STUDY`
+(the released protocol's five corruptions at level p, see `study`) map a name
+to an `Artifact` (function, ladder, domain, description, unit); `SUITES` maps a
+suite name to its registry. `RandomArtifacts` is the train-time hook.
+
+Determinism: every random draw is a function of (seed, artifact, index) only
+(`random`), so a slice with a given seed is corrupted identically whatever the
+batch size, order or device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mrrobust.artifacts import image, kspace, study  # noqa: F401  (fill the registries)
+from mrrobust.artifacts.random import as_seeds
+from mrrobust.artifacts.registry import ARTIFACTS, SEVERITIES, STUDY, Artifact
+from mrrobust.errors import MrRobustError
+
+SUITES = {"mrrobust": ARTIFACTS, "study": STUDY}
+
+
+def lookup(name: str, suite: str = "mrrobust") -> Artifact:
+    """The registered artifact; MrRobustError listing the valid names otherwise."""
+    if suite not in SUITES:
+        raise MrRobustError(f"unknown artifact suite {suite!r}; choose one of {', '.join(SUITES)}")
+    registry = SUITES[suite]
+    if name not in registry:
+        raise MrRobustError(f"unknown artifact {name!r} in suite {suite!r}; choose one of {', '.join(registry)}")
+    return registry[name]
+
+
+def as_complex_batch(images) -> torch.Tensor:
+    """`(B, H, W)` tensor (complex, or real = magnitude with zero phase) -> complex64; checks rank and finiteness."""
+    x = torch.as_tensor(images)
+    if x.ndim != 3:
+        raise MrRobustError(f"artifacts need images of shape (B, H, W); got shape {tuple(x.shape)}: add or remove a batch axis")
+    if not x.is_complex():
+        x = x.to(torch.float32).to(torch.complex64)
+    x = x.to(torch.complex64)
+    if not bool(torch.isfinite(torch.view_as_real(x)).all()):
+        raise MrRobustError("artifacts got non-finite values (NaN or inf) in the images; clean or drop those slices first")
+    return x
+
+
+def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust") -> torch.Tensor:
+    """Corrupt a batch: images `(B, H, W)` complex (real = zero phase), seeds one int64 per sample.
+
+    Returns the `(B, H, W)` float32 magnitude on the images' device; severity 0
+    is the clean magnitude exactly, 1..5 walk the artifact's ladder.
+    """
+    artifact = lookup(name, suite)
+    if isinstance(severity, bool) or int(severity) != severity or not 0 <= severity <= SEVERITIES:
+        raise MrRobustError(f"severity must be an integer 0..{SEVERITIES}; got {severity!r}")
+    x = as_complex_batch(images)
+    try:
+        seeds = as_seeds(seeds, x.shape[0])
+    except (ValueError, TypeError) as err:
+        raise MrRobustError(f"bad seeds for artifact {name!r}: {err}") from None
+    if severity == 0:
+        return x.abs()
+    return artifact.function(x, artifact.ladder[int(severity) - 1], seeds).abs().to(torch.float32)
+
+
+__all__ = ["ARTIFACTS", "STUDY", "SUITES", "Artifact", "corrupt", "lookup", "SEVERITIES"]

@@ -1,0 +1,45 @@
+"""The artifact registries: name -> (function, five-step ladder, domain, description).
+
+An artifact function maps complex images `(B, H, W)` to corrupted complex
+images `(B, H, W)` on the same device, given one ladder entry (its physical
+parameters) and the per-sample seeds (CPU int64 `(B,)`). The ladder is written
+as data on the line that registers the function (ImageNet-C style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+SEVERITIES = 5
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One registered corruption. `ladder[s - 1]` are the parameters at severity s (1..5)."""
+
+    name: str
+    function: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+    ladder: tuple
+    domain: str  # "k-space" or "image"
+    description: str
+    unit: str
+
+
+ARTIFACTS: dict[str, Artifact] = {}
+STUDY: dict[str, Artifact] = {}
+
+
+def register(registry: dict, name: str, ladder: tuple, domain: str, unit: str):
+    """Decorator: add the function to `registry` under `name` with its ladder; first docstring line is the description."""
+    if len(ladder) != SEVERITIES:
+        raise ValueError(f"artifact {name!r}: a ladder has {SEVERITIES} steps, got {len(ladder)}")
+
+    def add(fn):
+        description = (fn.__doc__ or "").strip().splitlines()[0]
+        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit)
+        return fn
+
+    return add

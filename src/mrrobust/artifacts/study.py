@@ -1,0 +1,81 @@
+"""The study suite: the released protocol's corruptions at integer level p = severity.
+
+Madaan et al. (MIDL 2023) corrupted the magnitude image with torchio 1.x at an
+integer level p (REFERENCE s.1). We rerun that setting with our k-space
+implementations, on the complex image and along the phase-encode axis, with
+torchio's parameter draws (a single number d means U(0, d) for ghosting's
+counts and intensity, U(-d, d) otherwise):
+
+| name       | released protocol (torchio 1.x)                        | ours (`corrupt(..., suite="study")`)                                       |
+|------------|--------------------------------------------------------|----------------------------------------------------------------------------|
+| noise      | Rician, sigma = p % of the slice maximum               | complex Gaussian, sigma = p % of max|x| per slice; magnitude is Rician       |
+| ghosting   | RandomGhosting(num_ghosts=7, intensity=p): every n-th  | every n-th phase-encode line (n ~ U{0..7}, n = 0: none) times (1 - s),     |
+|            | plane of the magnitude's spectrum times (1 - s),       | s ~ U(0, p), centre line restored; always the phase-encode axis            |
+|            | centre restored; axis random                           |                                                                            |
+| spike      | RandomSpike(intensity=p): one sample at a uniform      | one k-space sample at a uniform position, amplitude r x the magnitude      |
+|            | position += r x max|spectrum|, r ~ U(-p, p)            | image's spectrum peak (as torchio), r ~ U(-p, p), added to complex k-space |
+| bias_field | RandomBiasField(coefficients=p), order 3, field = exp  | same polynomial (order 3, constant term included), c ~ U(-p, p)            |
+| motion     | RandomMotion(degrees=5p, translation=2p), 2 moves; on  | 2 moves at times 1/3, 2/3 (+-0.1), rotation U(-5p, 5p) deg, shifts        |
+|            | a 2-D slice it returns a rigidly moved copy (no ghost) | U(-2p, 2p) px per axis, blocks of phase-encode lines, centre block         |
+|            |                                                        | in the reference pose: real motion ghosting                                |
+
+Severity 0 is the clean image; p = 1..5. torchio took the real part of its
+result, we take the magnitude (what the model is fed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mrrobust.artifacts import random as rnd
+from mrrobust.artifacts.image import multiply_log_polynomial
+from mrrobust.artifacts.kspace import add_complex_noise, add_spikes, magnitude_spectrum_peak, scale_lines, segmented_acquisition
+from mrrobust.artifacts.registry import STUDY, register
+
+LEVELS = (1, 2, 3, 4, 5)
+
+
+@register(STUDY, "noise", ladder=LEVELS, domain="k-space", unit="p: sigma = p % of slice max")
+def study_noise(x, p, seeds):
+    """Rician noise, sigma = p % of the slice maximum (the release's own noise)."""
+    sigma = p / 100 * x.abs().amax(dim=(-2, -1))
+    return add_complex_noise(x, sigma, seeds, "study-noise")
+
+
+@register(STUDY, "ghosting", ladder=LEVELS, domain="k-space", unit="p: torchio intensity, 7 ghosts")
+def study_ghosting(x, p, seeds):
+    """torchio RandomGhosting(num_ghosts=7, intensity=p) along the phase-encode axis."""
+    width = x.shape[-1]
+    step = rnd.integers(seeds, "study-ghosting-n", 8)  # U{0..7}
+    strength = p * rnd.uniform(seeds, "study-ghosting-s")
+    line = torch.arange(width)[None, :]
+    hit = (step[:, None] > 0) & (line % step.clamp(min=1)[:, None] == 0) & (line != width // 2)
+    factor = torch.where(hit, 1 - strength[:, None], torch.ones(()).double())
+    return scale_lines(x, factor.to(device=x.device, dtype=x.dtype))
+
+
+@register(STUDY, "spike", ladder=LEVELS, domain="k-space", unit="p: torchio intensity")
+def study_spike(x, p, seeds):
+    """torchio RandomSpike(intensity=p): one k-space sample += r x spectrum peak, r ~ U(-p, p)."""
+    h, w = x.shape[-2:]
+    rows = rnd.integers(seeds, "study-spike-row", h, (1,)) - h // 2
+    cols = rnd.integers(seeds, "study-spike-col", w, (1,)) - w // 2
+    r = p * (2 * rnd.uniform(seeds, "study-spike-r", (1,)) - 1)
+    peak = magnitude_spectrum_peak(x).to("cpu", torch.float64)
+    return add_spikes(x, rows, cols, (r * peak[:, None]).to(torch.complex128))
+
+
+@register(STUDY, "bias_field", ladder=LEVELS, domain="image", unit="p: torchio coefficients")
+def study_bias_field(x, p, seeds):
+    """torchio RandomBiasField(coefficients=p, order=3): exp of a polynomial, c ~ U(-p, p)."""
+    return multiply_log_polynomial(x, p * (2 * rnd.uniform(seeds, "study-bias", (4, 4)) - 1))
+
+
+@register(STUDY, "motion", ladder=LEVELS, domain="k-space", unit="p: torchio degrees 5p, translation 2p")
+def study_motion(x, p, seeds):
+    """torchio RandomMotion(degrees=5p, translation=2p, num_transforms=2) as a real 2-D acquisition."""
+    times = torch.tensor([1 / 3, 2 / 3]) + 0.1 * (2 * rnd.uniform(seeds, "study-motion-t", (2,)) - 1)
+    degrees = 5 * p * (2 * rnd.uniform(seeds, "study-motion-deg", (2,)) - 1)
+    shifts = 2 * p * (2 * rnd.uniform(seeds, "study-motion-px", (2, 2)) - 1)
+    return segmented_acquisition(x, times, degrees, shifts)
+

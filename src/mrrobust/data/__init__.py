@@ -1,0 +1,1 @@
+"""Data: fastMRI volumes, fastMRI+ annotations, synthetic knees, the slice store."""

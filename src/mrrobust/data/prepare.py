@@ -1,0 +1,320 @@
+"""fastMRI volumes + fastMRI+ annotations -> STORE (see `mrrobust.data.store`); the split.
+
+Per reviewed volume (listed in `knee_file_list.csv`): read the k-space, reconstruct the
+complex centre-cropped slice images, save them, and write a small record (slices,
+patient, acquisition, 99th-percentile magnitude). A re-run skips volumes whose record
+matches the same source file (path, size, mtime) and settings, so a killed run resumes.
+Then, from the records alone: the volume-level split, the dataset scale, `slices.csv`
+and, last, `manifest.json`.
+
+Split: volumes are grouped by `patient_id` (a volume without one is its own group); the
+sorted group keys are permuted by `numpy.random.default_rng(seed)`, and walked in that
+order, each group going to train / val / test by where its first volume falls on the
+cumulative fractions of the volume count. Depends on the seed and the set of volumes
+only, never on listing order or Python's hash.
+
+Scale: the median, over train-split volumes, of each volume's 99th-percentile magnitude
+(all slices, unscaled complex images); over all volumes when train is empty.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mrrobust.data.annotations import LABELS, Annotations, load_annotations
+from mrrobust.data.fastmri import complex_images, read_volume
+from mrrobust.data.store import (
+    LABEL_SEPARATOR,
+    MANIFEST,
+    SLICES,
+    SPLITS,
+    STORE_FORMAT,
+    STORE_VERSION,
+    VOLUMES,
+    read_json,
+    remove_temp_files,
+    save_npy_atomic,
+    write_json_atomic,
+    write_slices_csv,
+)
+from mrrobust.errors import MrRobustError
+
+CHALLENGES = ("singlecoil", "multicoil")
+SOURCE_SPLITS = ("train", "val")
+SCALE_DEFINITION = (
+    "median over train-split volumes of each volume's 99th-percentile magnitude "
+    "of its unscaled complex centre-cropped images"
+)
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+
+def _check_settings(challenge: str, crop: int, fractions, workers: int) -> tuple[float, float, float]:
+    if challenge not in CHALLENGES:
+        raise MrRobustError(f"unknown challenge {challenge!r}; use {' or '.join(CHALLENGES)}")
+    if crop < 1:
+        raise MrRobustError(f"crop {crop} must be a positive number of pixels (fastMRI: 320)")
+    if workers < 1:
+        raise MrRobustError(f"workers {workers} must be at least 1")
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise MrRobustError(f"split fractions {fractions} must be three non-negative numbers (train, val, test) summing to 1")
+    return fractions
+
+
+def source_folders(fastmri_root: Path, challenge: str) -> list[Path]:
+    """The existing `<challenge>_train` / `_val` folders under ROOT (or ROOT/knee)."""
+    root = Path(fastmri_root)
+    if not root.is_dir():
+        raise MrRobustError(f"{root}: folder not found; pass --fastmri the folder holding {challenge}_train/ and {challenge}_val/")
+    for base in (root, root / "knee"):
+        folders = [base / f"{challenge}_{split}" for split in SOURCE_SPLITS if (base / f"{challenge}_{split}").is_dir()]
+        if folders:
+            return folders
+    raise MrRobustError(
+        f"{root}: no {challenge}_train/ or {challenge}_val/ inside; pass --fastmri the fastMRI knee folder"
+        f"{' (or --challenge multicoil)' if challenge == 'singlecoil' else ''}"
+    )
+
+
+def find_volumes(folders: list[Path], annotations: Annotations) -> tuple[dict[str, Path], list[dict], int]:
+    """Reviewed volume files (name -> path), skipped duplicates [{file, reason}], and the
+    number of .h5 files not in the annotators' file list."""
+    files = [path for folder in folders for path in sorted(folder.glob("*.h5"))]
+    if not files:
+        raise MrRobustError(f"no .h5 files in {' or '.join(map(str, folders))}; the folder is empty: download or synth volumes there")
+    found: dict[str, Path] = {}
+    skipped = []
+    for path in files:
+        if path.stem in found:
+            skipped.append({"file": str(path), "reason": f"duplicate of {found[path.stem]}; kept the first"})
+        else:
+            found[path.stem] = path
+    reviewed = {name: path for name, path in found.items() if name in annotations.reviewed}
+    if not reviewed:
+        raise MrRobustError(
+            f"none of the {len(found)} .h5 files under {folders[0].parent} is in the annotation file list "
+            f"({annotations.source}); pass --annotations DIR with a knee_file_list.csv naming them"
+        )
+    return reviewed, skipped, len(found) - len(reviewed)
+
+
+# ---- one volume (runs in a worker) ---------------------------------------------------------
+
+
+def _source_key(path: Path, crop: int, challenge: str) -> dict:
+    stat = path.stat()
+    return {"file": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "crop": crop, "challenge": challenge, "version": STORE_VERSION}
+
+
+def finished_record(out: Path, path: Path, crop: int, challenge: str) -> dict | None:
+    """The volume's record when a previous run finished it from this very file and settings."""
+    name = path.stem
+    if not (out / VOLUMES / f"{name}.npy").is_file():
+        return None
+    record = read_json(out / VOLUMES / f"{name}.json")
+    if record is None or record.get("source") != _source_key(path, crop, challenge):
+        return None
+    return record
+
+
+def prepare_volume(task: tuple[str, str, int, str]) -> dict:
+    """Reconstruct, save and record one volume. task = (file, store, crop, challenge).
+
+    Returns the record, or `{"file", "reason"}` when the file is unusable."""
+    file, store, crop, challenge = task
+    path, volumes = Path(file), Path(store) / VOLUMES
+    try:
+        volume = read_volume(path)
+        if volume.multicoil != (challenge == "multicoil"):
+            raise MrRobustError(
+                f"{path}: {'multi' if volume.multicoil else 'single'}-coil k-space {volume.kspace.shape} in a "
+                f"{challenge} folder; move it or pass the matching --challenge"
+            )
+        images = complex_images(volume.kspace, crop)
+    except MrRobustError as err:
+        return {"file": str(path), "reason": str(err).removeprefix(f"{path}: ")}
+    record = {
+        "source": _source_key(path, crop, challenge),
+        "volume": volume.name,
+        "slices": int(images.shape[0]),
+        "patient_id": str(volume.attrs.get("patient_id") or ""),
+        "acquisition": str(volume.attrs.get("acquisition") or ""),
+        "p99": float(np.percentile(np.abs(images), 99)),
+    }
+    try:
+        save_npy_atomic(volumes / f"{volume.name}.npy", images)
+        write_json_atomic(volumes / f"{volume.name}.json", record)
+    except OSError as err:
+        raise MrRobustError(f"{volumes}: cannot write the STORE ({err}); check free space and permissions") from None
+    return record
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_volumes(tasks: list, workers: int):
+    """Yield `prepare_volume` results (any order); `workers` > 1 uses spawned processes."""
+    if workers == 1 or len(tasks) < 2:
+        for task in tasks:
+            yield prepare_volume(task)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(prepare_volume, tasks)
+
+
+# ---- split, scale, rows --------------------------------------------------------------------
+
+
+def split_volumes(patients: dict[str, str], fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, str]:
+    """volume -> "train" / "val" / "test"; `patients` maps volume -> patient_id ("" = unknown).
+
+    Volumes of one patient share a split; see the module docstring for the rule."""
+    groups: dict[str, list[str]] = {}
+    for volume in sorted(patients):
+        key = f"patient:{patients[volume]}" if patients[volume] else f"volume:{volume}"
+        groups.setdefault(key, []).append(volume)
+    keys = sorted(groups)
+    bounds = np.cumsum(fractions)[:2] * len(patients)
+    splits, start = {}, 0
+    for k in np.random.default_rng(seed).permutation(len(keys)):
+        split = SPLITS[int(np.searchsorted(bounds, start, side="right"))]
+        for volume in groups[keys[k]]:
+            splits[volume] = split
+        start += len(groups[keys[k]])
+    return splits
+
+
+def dataset_scale(records: dict[str, dict], splits: dict[str, str]) -> float:
+    """Median of the train volumes' 99th-percentile magnitudes (all volumes if train is empty)."""
+    train = [records[v]["p99"] for v in sorted(records) if splits[v] == "train"]
+    scale = float(np.median(train or [records[v]["p99"] for v in sorted(records)]))
+    if not np.isfinite(scale) or scale <= 0:
+        raise MrRobustError(f"the images' 99th-percentile magnitude is {scale}: the volumes hold no signal; check the k-space")
+    return scale
+
+
+def slice_rows(records: dict[str, dict], splits: dict[str, str], annotations: Annotations) -> tuple[list[dict], list[str]]:
+    """`slices.csv` rows (volumes sorted, slices in order) and warnings for annotations on
+    slices a volume does not have."""
+    rows, warnings = [], []
+    for volume in sorted(records):
+        record, targets, labels = records[volume], annotations.slice_targets(volume), annotations.slice_labels(volume)
+        beyond = sorted(s for s in targets if not 0 <= s < record["slices"])
+        if beyond:
+            warnings.append(f"{volume}: annotations on slice(s) {beyond} but the volume has {record['slices']} slices; ignored")
+        for s in range(record["slices"]):
+            target = targets.get(s, np.zeros(len(LABELS), np.uint8))
+            rows.append({
+                "volume": volume, "slice": s, "split": splits[volume],
+                **{label: int(t) for label, t in zip(LABELS, target)},
+                "labels": LABEL_SEPARATOR.join(labels.get(s, [])),
+                "patient_id": record["patient_id"], "acquisition": record["acquisition"],
+            })
+    return rows, warnings
+
+
+def _counts(records: dict[str, dict], splits: dict[str, str], rows: list[dict]) -> dict:
+    per_split = {
+        split: {
+            "volumes": sum(1 for v in records if splits[v] == split),
+            "slices": sum(1 for row in rows if row["split"] == split),
+            "positives": {label: sum(row[label] for row in rows if row["split"] == split) for label in LABELS},
+        }
+        for split in SPLITS
+    }
+    return {"volumes": len(records), "slices": len(rows), "splits": per_split}
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def _open_store(out: Path) -> None:
+    """Create `out` (or reopen a STORE) and mark it unfinished until the manifest is rewritten."""
+    if out.exists() and not out.is_dir():
+        raise MrRobustError(f"{out}: exists and is not a folder; pass --out a new or STORE folder")
+    if out.is_dir() and any(out.iterdir()) and not ((out / VOLUMES).is_dir() or (out / MANIFEST).is_file()):
+        raise MrRobustError(f"{out}: a non-empty folder that is not a STORE; pass --out a new folder")
+    try:
+        (out / VOLUMES).mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        (out / SLICES).unlink(missing_ok=True)
+    except OSError as err:
+        raise MrRobustError(f"{out}: cannot write the STORE there ({err}); pass --out a writable folder") from None
+    remove_temp_files(out)
+    remove_temp_files(out / VOLUMES)
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled,
+    )
+
+
+def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=320, seed=0,
+            fractions=(0.7, 0.15, 0.15), workers=1, progress=True) -> dict:
+    """Build (or finish) the STORE `out` from `fastmri_root`; returns the manifest plus
+    `store`, `prepared` (volumes done now) and `reused` (volumes finished before)."""
+    fractions = _check_settings(challenge, crop, fractions, workers)
+    folders = source_folders(Path(fastmri_root), challenge)
+    labels = load_annotations(annotations)
+    files, skipped, not_reviewed = find_volumes(folders, labels)
+    out = Path(out)
+    _open_store(out)
+
+    records: dict[str, dict] = {}
+    for name, path in files.items():
+        record = finished_record(out, path, crop, challenge)
+        if record is not None:
+            records[name] = record
+    reused = len(records)
+    tasks = [(str(path), str(out), crop, challenge) for name, path in sorted(files.items()) if name not in records]
+    with _progress_bar(progress) as bar:
+        job = bar.add_task(f"prepare {len(tasks)} volumes ({reused} done before)", total=len(tasks))
+        for result in _run_volumes(tasks, workers):
+            if "reason" in result:
+                skipped.append(result)
+            else:
+                records[result["volume"]] = result
+            bar.update(job, advance=1, description=f"prepare ({len(skipped)} skipped)")
+    skipped.sort(key=lambda item: item["file"])
+    if not records:
+        first = f": {skipped[0]['file']}: {skipped[0]['reason']}" if skipped else ""
+        raise MrRobustError(f"no usable volume among {len(files)} reviewed files ({len(skipped)} skipped{first}); fix the input and re-run")
+
+    splits = split_volumes({v: r["patient_id"] for v, r in records.items()}, fractions, seed)
+    rows, warnings = slice_rows(records, splits, labels)
+    manifest = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "source": str(folders[0].parent.resolve()),
+        "challenge": challenge,
+        "crop": crop,
+        "scale": dataset_scale(records, splits),
+        "scale_definition": SCALE_DEFINITION,
+        "seed": seed,
+        "fractions": list(fractions),
+        "annotations": labels.source,
+        "counts": _counts(records, splits, rows),
+        "skipped": skipped,
+        "not_reviewed": not_reviewed,
+        "reviewed_missing": len(labels.reviewed - set(files)),
+        "unseen_labels": sorted(labels.unseen_labels),
+        "volume_notes": {v: labels.volume_notes(v) for v in sorted(records) if labels.volume_notes(v)},
+        "warnings": warnings,
+    }
+    write_slices_csv(out / SLICES, rows)
+    write_json_atomic(out / MANIFEST, manifest)
+    return {**manifest, "store": str(out), "prepared": len(records) - reused, "reused": reused}

@@ -1,0 +1,220 @@
+"""The STORE: `prepare`'s output folder, its atomic writers, and the torch Dataset over it.
+
+Layout (STORE_VERSION 1):
+  manifest.json        format, version, source, challenge, crop, scale, seed, fractions,
+                       counts, skipped [{file, reason}], unseen_labels, ... (written LAST:
+                       a STORE without it is unfinished)
+  slices.csv           one row per slice, columns `SLICE_COLUMNS`; `labels` = raw
+                       fastMRI+ strings joined by `|`
+  volumes/<vol>.npy    complex64 `(S, crop, crop)` unscaled images (memory-mapped on read)
+  volumes/<vol>.json   the per-volume record `prepare` resumes from
+
+Every file is written to a temporary name in the same folder and then
+`os.replace`d, so a killed writer never leaves a half-written file under its
+final name.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from mrrobust.data.annotations import LABELS
+from mrrobust.errors import MrRobustError
+
+STORE_FORMAT = "mrrobust-store"
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+SLICES = "slices.csv"
+VOLUMES = "volumes"
+SPLITS = ("train", "val", "test")
+SLICE_COLUMNS = ("volume", "slice", "split", *LABELS, "labels", "patient_id", "acquisition")
+LABEL_SEPARATOR = "|"
+TEMP_SUFFIX = ".tmp"
+_OPEN_VOLUMES = 64  # memory maps kept open per process (LRU)
+
+
+# ---- atomic writers ----------------------------------------------------------------------
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary name and `os.replace`."""
+    temp = _temp_name(path)
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    """`value` as indented, key-sorted JSON (stable bytes for equal values)."""
+    write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """`np.save` to a temporary name, then `os.replace` onto `path`."""
+    temp = _temp_name(path)
+    with temp.open("wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    os.replace(temp, path)
+
+
+def write_slices_csv(path: Path, rows: list[dict]) -> None:
+    """`rows` (dicts with `SLICE_COLUMNS`) -> `slices.csv`, atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SLICE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, text.getvalue().encode())
+
+
+def read_json(path: Path):
+    """The JSON value in `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Delete leftovers of killed writers (`.<name>.<pid>.tmp`) in `folder`."""
+    for temp in folder.glob(f".*{TEMP_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+
+
+# ---- readers -----------------------------------------------------------------------------
+
+
+def read_manifest(store: Path | str) -> dict:
+    """The STORE's `manifest.json`; MrRobustError when missing, unreadable or of another version."""
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        hint = "it is unfinished: re-run the same `mrrobust prepare` to finish it" if (Path(store) / VOLUMES).is_dir() else (
+            "make one with `mrrobust prepare` (or `mrrobust synth` + `prepare`)"
+        )
+        raise MrRobustError(f"{store}: not a finished STORE (no {MANIFEST}); {hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MrRobustError(f"{path}: unreadable manifest ({err}); re-run `mrrobust prepare` into a new folder") from None
+    if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
+        raise MrRobustError(
+            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
+            f"this mrrobust reads {STORE_FORMAT!r} version {STORE_VERSION}; re-run `mrrobust prepare`"
+        )
+    return manifest
+
+
+def read_slices(store: Path | str) -> list[dict]:
+    """Rows of `slices.csv` as dicts of strings (column names `SLICE_COLUMNS`)."""
+    path = Path(store) / SLICES
+    if not path.is_file():
+        raise MrRobustError(f"{store}: no {SLICES}; re-run `mrrobust prepare` to finish the STORE")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and set(SLICE_COLUMNS) - set(rows[0]):
+        raise MrRobustError(f"{path}: missing columns {sorted(set(SLICE_COLUMNS) - set(rows[0]))}; re-run `mrrobust prepare`")
+    return rows
+
+
+def slice_seed(slice_id: str, seed: int = 0) -> int:
+    """A stable non-negative int64 for `slice_id` and `seed` (BLAKE2b, not Python's salted hash)."""
+    digest = hashlib.blake2b(f"{int(seed)}:{slice_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class SliceDataset(Dataset):
+    """Slices of a STORE: `ds[i] -> (image, target, slice_id)`.
+
+    kind="magnitude": image float32 `(1, H, W)` = |x| / scale; kind="complex": complex64
+    `(H, W)` = x / scale. target float32 `(4,)` in `LABELS` order; slice_id `"file1000001:14"`.
+    Volumes are memory-mapped lazily in the process that reads them (safe with DataLoader
+    workers) and kept in a small per-process LRU of open maps.
+    """
+
+    def __init__(self, store: Path | str, split: str | None = None, kind: str = "magnitude"):
+        if split is not None and split not in SPLITS:
+            raise MrRobustError(f"unknown split {split!r}; use one of {', '.join(SPLITS)} (or none for all)")
+        if kind not in ("magnitude", "complex"):
+            raise MrRobustError(f"unknown kind {kind!r}; use 'magnitude' or 'complex'")
+        self.store = Path(store)
+        self.manifest = read_manifest(self.store)
+        self.scale = float(self.manifest["scale"])
+        self.kind = kind
+        self.split = split
+        self.rows = [row for row in read_slices(self.store) if split is None or row["split"] == split]
+        self.targets = np.array([[int(row[label]) for label in LABELS] for row in self.rows], np.float32).reshape(-1, len(LABELS))
+        self.slice_ids = [f"{row['volume']}:{row['slice']}" for row in self.rows]
+        self._volume_names = sorted({row["volume"] for row in self.rows})
+        index = {name: i for i, name in enumerate(self._volume_names)}
+        self._volume_of = np.array([index[row["volume"]] for row in self.rows], np.int64)
+        self._slice_of = np.array([int(row["slice"]) for row in self.rows], np.int64)
+        self._inverse_scale = np.float32(1.0 / self.scale)
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_maps"], state["_pid"] = OrderedDict(), None
+        return state
+
+    def _volume(self, i: int) -> np.ndarray:
+        if self._pid != os.getpid():  # first use in this process (e.g. a forked worker)
+            self._maps, self._pid = OrderedDict(), os.getpid()
+        volume = self._maps.get(i)
+        if volume is None:
+            path = self.store / VOLUMES / f"{self._volume_names[i]}.npy"
+            try:
+                volume = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise MrRobustError(f"{path}: unreadable volume ({err}); re-run `mrrobust prepare`") from None
+            self._maps[i] = volume
+            if len(self._maps) > _OPEN_VOLUMES:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(i)
+        return volume
+
+    def __getitem__(self, i: int):
+        image = self._volume(int(self._volume_of[i]))[self._slice_of[i]]
+        if self.kind == "magnitude":
+            data = np.abs(image)
+            data *= self._inverse_scale
+            tensor = torch.from_numpy(data).unsqueeze(0)
+        else:
+            tensor = torch.from_numpy(image * self._inverse_scale)
+        return tensor, torch.from_numpy(self.targets[i]), self.slice_ids[i]
+
+
+def positive_counts(targets: np.ndarray) -> np.ndarray:
+    """Number of positive labels per slice, int64 `(N,)`, from targets `(N, 4)`."""
+    return np.asarray(targets).sum(axis=1).round().astype(np.int64)
+
+
+def sampler_weights(targets: np.ndarray) -> np.ndarray:
+    """float64 `(N,)`: 1 / (how many slices share this slice's number of positive labels)."""
+    counts = positive_counts(targets)
+    frequency = np.bincount(counts, minlength=len(LABELS) + 1)
+    return 1.0 / frequency[counts]
+
+
+def weighted_sampler(dataset, generator: torch.Generator | None = None) -> WeightedRandomSampler:
+    """The study's sampler: weights inverse to the frequency of the NUMBER of positive labels
+    on a slice (0..4); draws `len(dataset)` indices with replacement. `dataset` is a
+    `SliceDataset` (or anything with `.targets` `(N, 4)`)."""
+    weights = torch.from_numpy(sampler_weights(dataset.targets))
+    return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)

@@ -1,0 +1,273 @@
+"""`mrrobust train`: the RUN contract, determinism, resume, DDP, bad input; metrics."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from mrrobust.cli import app
+from mrrobust.data.annotations import LABELS
+from mrrobust.data.store import (STORE_FORMAT, STORE_VERSION, SliceDataset, save_npy_atomic,
+                                 write_json_atomic, write_slices_csv)
+from mrrobust.errors import MrRobustError
+from mrrobust.metrics import auc, operating_point
+from mrrobust.models import load, positive_probability
+from mrrobust.training import EpochSampler, ShardSampler, train
+
+FAST = dict(width=8, groups=4, batch_size=8, workers=0, lr=1e-3, quiet=True)
+
+
+def write_store(out: Path, splits=None, slices=4, size=32, seed=0, val_negative=(),
+                version=STORE_VERSION) -> Path:
+    """A STORE whose label k brightens one quadrant: learnable in an epoch or two.
+    `val_negative` labels have no positives in the validation split."""
+    splits = splits or {"train": 6, "val": 4}
+    (out / "volumes").mkdir(parents=True)
+    rng, rows, volume = np.random.default_rng(seed), [], 0
+    for split, count in splits.items():
+        for _ in range(count):
+            name, volume = f"file{1000000 + volume}", volume + 1
+            targets = (rng.random((slices, len(LABELS))) < 0.4).astype(int)
+            if split == "val":
+                targets[:, [LABELS.index(label) for label in val_negative]] = 0
+            images = rng.normal(size=(slices, size, size, 2)).astype(np.float32).view(np.complex64)[..., 0]
+            half = size // 2
+            for s, k in zip(*np.nonzero(targets)):
+                images[s, half * (k // 2):half * (k // 2 + 1), half * (k % 2):half * (k % 2 + 1)] += 2
+            save_npy_atomic(out / "volumes" / f"{name}.npy", images)
+            rows += [{"volume": name, "slice": s, "split": split, "labels": "", "patient_id": name,
+                      "acquisition": "CORPD_FBK", **dict(zip(LABELS, map(int, targets[s])))}
+                     for s in range(slices)]
+    write_slices_csv(out / "slices.csv", rows)
+    write_json_atomic(out / "manifest.json", {"format": STORE_FORMAT, "version": version,
+                                              "scale": 2.0, "crop": size, "source": "test"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_store(tmp_path_factory.mktemp("store") / "store")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    import csv
+
+    with (run / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+
+def brute_force_operating_point(targets, scores, min_sensitivity=0.9, max_fpr=0.25):
+    """Every distinct score as a threshold (positive when score >= t), highest first."""
+    targets = np.asarray(targets, bool)
+    candidates = []
+    for t in sorted(set(scores.tolist()), reverse=True):
+        called = scores >= t
+        sensitivity = called[targets].mean() if targets.any() else math.nan
+        fpr = called[~targets].mean() if (~targets).any() else math.nan
+        candidates.append((t, sensitivity, 1 - fpr, fpr))
+    for t, sens, spec, _ in candidates:
+        if sens >= min_sensitivity:
+            return t, sens, spec
+    for t, sens, spec, fpr in candidates:
+        if fpr > max_fpr:
+            return t, sens, spec
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_operating_point_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    targets = rng.random(n) < 0.3 if seed != 5 else np.zeros(n, bool)  # seed 5: no positives
+    scores = np.round(rng.random(n) + 0.5 * targets, 1 if seed % 2 else 3)  # ties on odd seeds
+    point = operating_point(targets, scores)
+    threshold, sensitivity, specificity = brute_force_operating_point(targets, scores)
+    assert point["threshold"] == pytest.approx(threshold)
+    assert point["specificity"] == pytest.approx(specificity)
+    if targets.any():
+        assert point["rule"].startswith("sensitivity") and point["sensitivity"] == pytest.approx(sensitivity)
+    else:
+        assert point["rule"].endswith("(fallback)") and math.isnan(point["sensitivity"])
+        assert math.isnan(auc(targets, scores))
+
+
+def test_auc_agrees_with_sklearn_and_is_nan_when_undefined():
+    rng = np.random.default_rng(0)
+    targets, scores = rng.random(50) < 0.5, rng.random(50)
+    assert auc(targets, scores) == pytest.approx(roc_auc_score(targets, scores))
+    assert math.isnan(auc(np.ones(5), rng.random(5)))
+
+
+# ---- samplers -----------------------------------------------------------------------------
+
+
+def test_epoch_sampler_depends_on_seed_and_epoch_only_and_shards_for_ddp(monkeypatch):
+    weights = torch.tensor([1.0, 1.0, 4.0, 0.0, 2.0])
+    sampler = EpochSampler(5, seed=3, weights=weights)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    other = EpochSampler(5, seed=3, weights=weights)
+    other.set_epoch(1)
+    assert list(other) == first and 3 not in first  # zero weight never drawn
+    other.set_epoch(2)
+    assert list(other) != first
+    import mrrobust.training as training
+
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(training, "_rank_and_world", lambda rank=rank: (rank, 2))
+        shards.append(list(sampler))
+        assert len(shards[-1]) == len(sampler) == 3
+    assert sorted(shards[0][:3] + shards[1][:2]) == sorted(first)  # the single-process draw
+    monkeypatch.setattr(training, "_rank_and_world", lambda: (1, 2))
+    assert list(ShardSampler(5)) == [1, 3, 0]
+
+
+# ---- the RUN contract ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "instance", "none"])
+def test_one_epoch_writes_the_run_contract(store, tmp_path, norm):
+    run = tmp_path / "run"
+    summary = train(store, run, norm, max_epochs=1, **FAST)
+    assert summary["epochs"] == 1 and summary["best_epoch"] == 0
+    assert {p.name for p in run.iterdir()} >= {"config.json", "model.safetensors", "metrics.csv",
+                                               "operating_points.json", "checkpoints"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["norm"] == norm and config["store"]["scale"] == 2.0
+    assert config["training"]["lr"] == 1e-3 and config["training"]["patience"] == 5
+    # the saved model, reloaded without Lightning, reproduces the logged validation AUCs
+    model, _ = load(run)
+    val = SliceDataset(store, "val")
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        scores = positive_probability(model(images)).numpy()
+    (row,) = read_metrics(run)
+    for k, label in enumerate(LABELS):
+        expected = roc_auc_score(val.targets[:, k], scores[:, k])
+        assert float(row[f"val_auc_{label}"]) == pytest.approx(expected, abs=2e-6)
+    assert float(row["val_auc_mean"]) == pytest.approx(
+        np.mean([float(row[f"val_auc_{l}"]) for l in LABELS]), abs=2e-6)
+    points = json.loads((run / "operating_points.json").read_text())
+    assert points["epoch"] == 0
+    for k, label in enumerate(LABELS):
+        want = operating_point(val.targets[:, k], scores[:, k])
+        assert points["labels"][label]["threshold"] == pytest.approx(want["threshold"], abs=1e-6)
+        assert points["labels"][label]["sensitivity"] == pytest.approx(want["sensitivity"])
+
+
+def test_same_command_same_metrics_and_another_seed_differs(store, tmp_path):
+    runs = [tmp_path / name for name in ("a", "b", "c")]
+    settings = dict(FAST, workers=1, max_epochs=2, patience=5)
+    for run, seed in zip(runs, (7, 7, 8)):
+        train(store, run, "batch", seed=seed, **settings)
+    first, second, other = ((run / "metrics.csv").read_text() for run in runs)
+    assert first == second
+    assert first != other
+    weights = [load_file(run / "model.safetensors") for run in runs[:2]]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_resume_ends_where_an_uninterrupted_run_would(store, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(store, straight, "batch", max_epochs=3, **FAST)
+    train(store, resumed, "batch", max_epochs=1, **FAST)
+    assert len(read_metrics(resumed)) == 1
+    summary = train(store, resumed, "batch", max_epochs=3, resume=True, **FAST)
+    assert summary["epochs"] == 3
+    assert (resumed / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    for name in ("operating_points.json",):
+        assert (resumed / name).read_text() == (straight / name).read_text()
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_label_without_validation_positives_is_reported_not_fatal(tmp_path, caplog):
+    store = write_store(tmp_path / "store", val_negative=("acl",))
+    with caplog.at_level("WARNING", logger="mrrobust.training"):
+        train(store, tmp_path / "run", "group", max_epochs=1, **FAST)
+    assert "acl (no positives)" in caplog.text
+    (row,) = read_metrics(tmp_path / "run")
+    assert row["val_auc_acl"] == ""
+    others = [float(row[f"val_auc_{l}"]) for l in LABELS if l != "acl"]
+    assert float(row["val_auc_mean"]) == pytest.approx(np.mean(others), abs=2e-6)
+    acl = json.loads((tmp_path / "run" / "operating_points.json").read_text())["labels"]["acl"]
+    assert acl["auc"] is None and acl["sensitivity"] is None and acl["positives"] == 0
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(app, ["train", *map(str, args), "--quiet"])
+    return result.exit_code, result.output
+
+
+def test_bad_input_is_one_line(store, tmp_path):
+    cases = {
+        "missing store": ([tmp_path / "nowhere"], "not a finished STORE"),
+        "groups": ([store, "--norm", "group", "--groups", "3", "--width", "8"], "does not divide"),
+        "resume without checkpoint": ([store, "--resume"], "no checkpoint"),
+        "16-bit on cpu": ([store, "--precision", "16-mixed", "--accelerator", "cpu"], "needs a GPU"),
+        "unknown precision": ([store, "--precision", "8"], "is not one of"),
+        "too many gpus": ([store, "--accelerator", "gpu", "--devices", "64"], "more GPUs"),
+        "unknown norm": ([store, "--norm", "weight"], "unknown norm"),
+    }
+    for name, (args, message) in cases.items():
+        out = tmp_path / name.replace(" ", "_")
+        code, output = run_cli("--data", args[0], "--out", out, *args[1:])
+        assert code == 2, (name, output)
+        assert message in output and output.count("\n") == 1, (name, output)
+        assert not out.exists(), name  # nothing half-written
+
+
+def test_bad_stores_and_runs(tmp_path, store):
+    other = write_store(tmp_path / "v99", version=99)
+    with pytest.raises(MrRobustError, match="version"):
+        train(other, tmp_path / "r1", "batch", **FAST)
+    no_val = write_store(tmp_path / "noval", splits={"train": 2})
+    with pytest.raises(MrRobustError, match="the val split has no slices"):
+        train(no_val, tmp_path / "r2", "batch", **FAST)
+    hopeless = write_store(tmp_path / "hopeless", val_negative=LABELS)
+    with pytest.raises(MrRobustError, match="undefined for every label"):
+        train(hopeless, tmp_path / "r3", "batch", **FAST)
+    run = tmp_path / "run"
+    train(store, run, "batch", max_epochs=1, **FAST)
+    with pytest.raises(MrRobustError, match="already exists"):
+        train(store, run, "batch", max_epochs=1, **FAST)
+    with pytest.raises(MrRobustError, match=r"other settings \(lr 0.001 -> 0.01\)"):
+        train(store, run, "batch", max_epochs=2, resume=True, **dict(FAST, lr=1e-2))
+    assert len(read_metrics(run)) == 1
+
+
+# ---- DDP ----------------------------------------------------------------------------------
+
+
+def test_two_process_cpu_ddp(store, tmp_path):
+    run = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "mrrobust.cli", "train", "--data", str(store), "--out", str(run),
+         "--norm", "batch", "--width", "8", "--batch-size", "4", "--max-epochs", "1",
+         "--workers", "0", "--accelerator", "cpu", "--devices", "2", "--lr", "1e-3", "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("best epoch 0") == 1  # printed by rank 0 only
+    (row,) = read_metrics(run)
+    assert 0 <= float(row["val_auc_mean"]) <= 1
+    model, config = load(run)
+    assert config["training"]["devices"] == 2
