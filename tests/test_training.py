@@ -23,7 +23,7 @@ from mrrobust.metrics import auc, operating_point
 from mrrobust.models import load, positive_probability
 from mrrobust.training import EpochSampler, ShardSampler, train
 
-FAST = dict(width=8, groups=4, batch_size=8, workers=0, lr=1e-3, quiet=True)
+FAST = dict(width=8, groups=4, batch_size=8, workers=0, lr=1e-3, quiet=True, limit_train_batches=4)
 
 
 def write_store(out: Path, splits=None, slices=4, size=32, seed=0, val_negative=(),
@@ -54,8 +54,9 @@ def write_store(out: Path, splits=None, slices=4, size=32, seed=0, val_negative=
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return write_store(tmp_path_factory.mktemp("store") / "store")
+def store(tiny_store):
+    """The shared tiny synthetic STORE (64x64); its validation split has no ACL positives."""
+    return tiny_store
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -146,7 +147,8 @@ def test_one_epoch_writes_the_run_contract(store, tmp_path, norm):
     assert {p.name for p in run.iterdir()} >= {"config.json", "model.safetensors", "metrics.csv",
                                                "operating_points.json", "checkpoints"}
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["norm"] == norm and config["store"]["scale"] == 2.0
+    assert config["model"]["norm"] == norm
+    assert config["store"]["scale"] == json.loads((store / "manifest.json").read_text())["scale"]
     assert config["training"]["lr"] == 1e-3 and config["training"]["patience"] == 5
     # the saved model, reloaded without Lightning, reproduces the logged validation AUCs
     model, _ = load(run)
@@ -155,24 +157,28 @@ def test_one_epoch_writes_the_run_contract(store, tmp_path, norm):
     with torch.no_grad():
         scores = positive_probability(model(images)).numpy()
     (row,) = read_metrics(run)
+    defined = []
     for k, label in enumerate(LABELS):
-        expected = roc_auc_score(val.targets[:, k], scores[:, k])
-        assert float(row[f"val_auc_{label}"]) == pytest.approx(expected, abs=2e-6)
-    assert float(row["val_auc_mean"]) == pytest.approx(
-        np.mean([float(row[f"val_auc_{l}"]) for l in LABELS]), abs=2e-6)
+        if len(set(val.targets[:, k])) == 1:
+            assert row[f"val_auc_{label}"] == ""  # AUC undefined: an empty cell
+            continue
+        defined.append(roc_auc_score(val.targets[:, k], scores[:, k]))
+        assert float(row[f"val_auc_{label}"]) == pytest.approx(defined[-1], abs=2e-6)
+    assert len(defined) >= 2
+    assert float(row["val_auc_mean"]) == pytest.approx(np.mean(defined), abs=2e-6)
     points = json.loads((run / "operating_points.json").read_text())
     assert points["epoch"] == 0
     for k, label in enumerate(LABELS):
         want = operating_point(val.targets[:, k], scores[:, k])
         assert points["labels"][label]["threshold"] == pytest.approx(want["threshold"], abs=1e-6)
-        assert points["labels"][label]["sensitivity"] == pytest.approx(want["sensitivity"])
+        got = points["labels"][label]["sensitivity"]
+        assert (got is None) if math.isnan(want["sensitivity"]) else got == pytest.approx(want["sensitivity"])
 
 
 def test_same_command_same_metrics_and_another_seed_differs(store, tmp_path):
     runs = [tmp_path / name for name in ("a", "b", "c")]
-    settings = dict(FAST, workers=1, max_epochs=2, patience=5)
-    for run, seed in zip(runs, (7, 7, 8)):
-        train(store, run, "batch", seed=seed, **settings)
+    for run, seed, workers in zip(runs, (7, 7, 8), (1, 1, 0)):  # a loader worker, seeded
+        train(store, run, "batch", seed=seed, max_epochs=2, **dict(FAST, workers=workers))
     first, second, other = ((run / "metrics.csv").read_text() for run in runs)
     assert first == second
     assert first != other

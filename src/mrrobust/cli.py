@@ -61,6 +61,28 @@ def synth(
           f"{s['study_level']} study-level rows; positive slices of {s['slices']}: {positives}")
 
 
+@command
+def prepare(
+    fastmri: Path = typer.Option(..., "--fastmri", help="fastMRI knee folder holding singlecoil_train/ and singlecoil_val/ (or multicoil_*)."),
+    out: Path = typer.Option(..., "--out", help="STORE folder to write (or to finish, after an interrupted run)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Folder with knee.csv and knee_file_list.csv; default: the packaged fastMRI+ files."),
+    challenge: str = typer.Option("singlecoil", help="singlecoil or multicoil."),
+    crop: int = typer.Option(320, help="Centre crop of the complex images (pixels)."),
+    seed: int = typer.Option(0, help="Seed of the volume-level split (patients kept together)."),
+    train: float = typer.Option(0.7, "--train", help="Fraction of volumes for training."),
+    val: float = typer.Option(0.15, "--val", help="Fraction of volumes for validation."),
+    test: float = typer.Option(0.15, "--test", help="Fraction of volumes for testing."),
+    workers: int = typer.Option(1, help="Processes reading volumes in parallel."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Build the slice STORE from fastMRI volumes and fastMRI+ labels (resumes an interrupted run)."""
+    from mrrobust.data.prepare import prepare as prepare_store, summary_lines
+
+    summary = prepare_store(fastmri, out, annotations=annotations, challenge=challenge, crop=crop, seed=seed,
+                            fractions=(train, val, test), workers=workers, progress=progress)
+    print("\n".join(summary_lines(summary)))
+
+
 # ---- artifacts: artifacts, gallery (issue 3) --------------------------------
 
 

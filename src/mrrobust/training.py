@@ -279,7 +279,8 @@ class Classifier(_lightning().LightningModule):
     def configure_optimizers(self):
         training = self.config["training"]
         return torch.optim.AdamW(self.net.parameters(), lr=training["lr"],
-                                 weight_decay=training["weight_decay"])
+                                 weight_decay=training["weight_decay"],
+                                 fused=self.device.type == "cuda")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mrrobust"] = {"history": self.history, "best_auc": self.best_auc,

@@ -36,7 +36,7 @@ def load_slice(data: Path, index: int | None = None) -> tuple[torch.Tensor, str]
         count = volume.kspace.shape[0]
         k = count // 2 if index is None else index
         _check_index(k, count, data)
-        crop = min(volume.recon_size or (320, 320))
+        crop = min(volume.recon_size) if volume.recon_size else min(320, *volume.kspace.shape[-2:])
         images = complex_images(volume.kspace[k : k + 1], crop)
         return torch.from_numpy(np.ascontiguousarray(images[0])), f"{volume.name}:{k}"
     raise MrRobustError(f"{data}: not a STORE folder nor a fastMRI .h5 file; pass --data STORE or --data FILE.h5")

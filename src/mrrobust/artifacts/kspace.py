@@ -154,8 +154,8 @@ def spike(x, level, seeds):
         return sign * (n // 16 + torch.floor(u * (n // 2 - n // 16)).long())
 
     phase = 2 * math.pi * rnd.uniform(seeds, "spike-phase", (count,))
-    peak = magnitude_spectrum_peak(x).to("cpu", torch.float64)
-    amplitude = torch.polar(relative * peak[:, None].expand(-1, count), phase)
+    unit = torch.polar(torch.full_like(phase, relative), phase).to(device=x.device, dtype=x.dtype)
+    amplitude = unit * magnitude_spectrum_peak(x)[:, None]  # stays on the device: no sync
     return add_spikes(x, frequency("spike-row", h), frequency("spike-col", w), amplitude)
 
 

@@ -61,8 +61,8 @@ def study_spike(x, p, seeds):
     rows = rnd.integers(seeds, "study-spike-row", h, (1,)) - h // 2
     cols = rnd.integers(seeds, "study-spike-col", w, (1,)) - w // 2
     r = p * (2 * rnd.uniform(seeds, "study-spike-r", (1,)) - 1)
-    peak = magnitude_spectrum_peak(x).to("cpu", torch.float64)
-    return add_spikes(x, rows, cols, (r * peak[:, None]).to(torch.complex128))
+    amplitude = r.to(device=x.device, dtype=x.dtype) * magnitude_spectrum_peak(x)[:, None]  # on the device: no sync
+    return add_spikes(x, rows, cols, amplitude)
 
 
 @register(STUDY, "bias_field", ladder=LEVELS, domain="image", unit="p: torchio coefficients")

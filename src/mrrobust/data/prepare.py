@@ -9,7 +9,7 @@ and, last, `manifest.json`.
 
 Split: volumes are grouped by `patient_id` (a volume without one is its own group); the
 sorted group keys are permuted by `numpy.random.default_rng(seed)`, and walked in that
-order, each group going to train / val / test by where its first volume falls on the
+order, each group going to train / val / test by where its midpoint falls on the
 cumulative fractions of the volume count. Depends on the seed and the set of volumes
 only, never on listing order or Python's hash.
 
@@ -164,12 +164,15 @@ def _init_worker() -> None:
 
 
 def _run_volumes(tasks: list, workers: int):
-    """Yield `prepare_volume` results (any order); `workers` > 1 uses spawned processes."""
+    """Yield `prepare_volume` results (any order); `workers` > 1 uses a process pool.
+
+    Fork where the platform has it (works from any caller, even `python -` or a notebook);
+    each worker runs torch single-threaded, which also keeps forked OpenMP safe."""
     if workers == 1 or len(tasks) < 2:
         for task in tasks:
             yield prepare_volume(task)
         return
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
         yield from pool.imap_unordered(prepare_volume, tasks)
 
@@ -189,10 +192,10 @@ def split_volumes(patients: dict[str, str], fractions=(0.7, 0.15, 0.15), seed: i
     bounds = np.cumsum(fractions)[:2] * len(patients)
     splits, start = {}, 0
     for k in np.random.default_rng(seed).permutation(len(keys)):
-        split = SPLITS[int(np.searchsorted(bounds, start, side="right"))]
-        for volume in groups[keys[k]]:
-            splits[volume] = split
-        start += len(groups[keys[k]])
+        members = groups[keys[k]]
+        split = SPLITS[int(np.searchsorted(bounds, start + len(members) / 2, side="right"))]
+        splits.update((volume, split) for volume in members)
+        start += len(members)
     return splits
 
 
@@ -318,3 +321,27 @@ def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=32
     write_slices_csv(out / SLICES, rows)
     write_json_atomic(out / MANIFEST, manifest)
     return {**manifest, "store": str(out), "prepared": len(records) - reused, "reused": reused}
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The closing summary of `prepare` as plain lines: totals, skipped files with reasons,
+    label prevalence per split, unseen labels."""
+    counts = summary["counts"]
+    lines = [
+        f"{summary['store']}: {counts['volumes']} volumes, {counts['slices']} slices "
+        f"({summary['prepared']} volumes prepared now, {summary['reused']} finished before), "
+        f"crop {summary['crop']}, scale {summary['scale']:.6g}",
+        f"not in the annotators' list: {summary['not_reviewed']} files; listed but not found: {summary['reviewed_missing']}; "
+        f"volume notes (study-level rows): {len(summary['volume_notes'])}",
+    ]
+    lines += [f"skipped {item['file']}: {item['reason']}" for item in summary["skipped"]]
+    lines.append(f"{'split':<6}{'volumes':>9}{'slices':>9}" + "".join(f"{label:>16}" for label in LABELS))
+    for split, c in counts["splits"].items():
+        prevalence = "".join(
+            f"{c['positives'][label]:>8} {c['positives'][label] / max(c['slices'], 1):6.1%}" for label in LABELS
+        )
+        lines.append(f"{split:<6}{c['volumes']:>9}{c['slices']:>9}{prevalence}")
+    if summary["unseen_labels"]:
+        lines.append(f"labels outside the fastMRI+ set (counted by the mapping, usually as abnormal): {', '.join(summary['unseen_labels'])}")
+    lines += [f"warning: {text}" for text in summary["warnings"]]
+    return lines

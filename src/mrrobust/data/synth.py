@@ -117,7 +117,7 @@ def _slice_z(slices: int) -> np.ndarray:
 # the ACL in it, effusion and cysts anywhere but the outermost slices.
 def _allowed(group: str, params: dict, z: np.ndarray) -> np.ndarray:
     if group == "acl":
-        return np.abs(z) <= 0.3
+        return np.abs(z) <= 0.25
     if group == "abnormal" and params["kind"] in ("effusion", "cyst"):
         return np.abs(z) <= 0.9
     return (np.abs(z) >= 0.3) & (np.abs(z) <= 0.9)
@@ -141,7 +141,7 @@ def _finding_params(rng: np.random.Generator, group: str, label: str) -> dict:
     if group == "mtear":
         return {"horn": "posterior" if rng.random() < 0.7 else "anterior", "angle": float(rng.uniform(-35, 35))}
     if group == "acl":
-        return {"high_grade": "High" in label, "at": float(rng.uniform(0.4, 0.6))}
+        return {"high_grade": "High" in label, "at": float(rng.uniform(0.55, 0.75))}
     if group == "cartilage":
         surface = "femur" if rng.random() < 0.65 else "tibia"
         return {"surface": surface, "x": float(rng.uniform(140, 200)), "width": float(rng.uniform(22, 40)),
@@ -265,7 +265,7 @@ MENISCUS = {
     "posterior": ((224.0, 180.0), (224.0, 200.0), (184.0, 190.0)),
 }
 ACL = ((182.0, 146.0), (141.0, 191.0))
-SPRAIN = (0.25, 0.75)  # the part of the ACL (fractions of its length) a sprain swells
+SPRAIN = (0.4, 0.9)  # the part of the ACL (fractions of its length) a sprain swells
 SPRAIN_HALF = 7.0
 PCL = ((170.0, 134.0), (214.0, 202.0))
 CARTILAGE = 6.0
@@ -279,7 +279,7 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
     taper in (0, 1] shrinks a lesion towards the ends of its slice run.
     """
     A = canvas.alpha
-    notch = math.exp(-((z / 0.22) ** 2))  # 1 in the intercondylar notch, 0 over the condyles
+    notch = math.exp(-((z / 0.3) ** 2))  # 1 in the intercondylar notch, 0 over the condyles
     menisci_seen = 1.0 - math.exp(-((z / 0.3) ** 2))
     by_kind = {}
     for f, taper in findings:
@@ -666,7 +666,7 @@ def synth(out: Path, volumes: int = 24, slices: int = 16, crop: int = 320, seed:
         write_volume(folders[plan.split] / f"{plan.volume_id}.h5", plan, slices, crop, multicoil, coils)
 
     positives = {group: set() for group in PREVALENCE}
-    for plan in plans:
+    for plan in (p for p in plans if p.reviewed):  # what the annotations say
         for f in plan.findings:
             positives[f.group].update((plan.volume_id, s) for s in f.slices)
     return {

@@ -1,0 +1,29 @@
+"""Shared fixtures: one tiny synthetic fastMRI set and the STORE `prepare` makes from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY = {"volumes": 24, "slices": 12, "crop": 64, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """`synth` output (crop 64, 24 volumes x 12 slices, seed 0): `knee/singlecoil_{train,val}/`, `annotations/`."""
+    from mrrobust.data.synth import synth
+
+    out = tmp_path_factory.mktemp("synth")
+    synth(out, volumes=TINY["volumes"], slices=TINY["slices"], crop=TINY["crop"], seed=TINY["seed"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_store(synth_root, tmp_path_factory) -> Path:
+    """A finished STORE prepared from `synth_root` (crop 64, seed 0, 70/15/15). Read it, never write it."""
+    from mrrobust.data.prepare import prepare
+
+    store = tmp_path_factory.mktemp("tiny_store") / "store"
+    prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=TINY["crop"], seed=0, progress=False)
+    return store
