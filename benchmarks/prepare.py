@@ -9,7 +9,7 @@
 It synthesizes its own data with `synth` in a temporary folder (goal: prepare at least
 half the raw-read speed; Dataset above 2,000 slices/s at 320x320).
 
-    python benchmarks/prepare.py [--volumes 8] [--slices 16] [--crop 320] [--workers 2] [--device cpu|cuda]
+    python benchmarks/prepare.py [--volumes 8] [--slices 16] [--crop 320] [--workers 2] [--threads 0] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=320)
     parser.add_argument("--workers", type=int, default=2, help="prepare workers for the parallel run")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -108,6 +111,7 @@ def main() -> None:
         store = tmp / f"store{args.workers}"
         result = {
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}, device {args.device}",
+            "torch_threads": torch.get_num_threads(),
             "volumes": args.volumes,
             "prepared_volumes": summary["counts"]["volumes"],
             "slices": summary["counts"]["slices"],

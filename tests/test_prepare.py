@@ -289,3 +289,16 @@ def test_default_annotations_are_the_packaged_fastmri_plus(tmp_path):
     assert rows[("file1000001", 15)]["labels"] == "Cartilage - Partial Thickness loss/defect|Bone- Subchondral edema"
     assert summary["volume_notes"] == {"file1001022": ["artifact"]}
     assert summary["reviewed_missing"] == 1170 and summary["annotations"].startswith("packaged")
+
+
+def test_multicoil_challenge(tmp_path):
+    from mrrobust.data.synth import synth
+
+    synth(tmp_path / "mc", volumes=5, slices=3, crop=32, seed=1, multicoil=True, coils=4)
+    summary = prepare(tmp_path / "mc" / "knee", tmp_path / "store", annotations=tmp_path / "mc" / "annotations",
+                      challenge="multicoil", crop=32, progress=False)
+    assert summary["challenge"] == "multicoil" and summary["counts"]["volumes"] >= 4 and not summary["skipped"]
+    volume = np.load(next((tmp_path / "store" / "volumes").glob("*.npy")))
+    assert volume.dtype == np.complex64 and volume.shape == (3, 32, 32)
+    with pytest.raises(MrRobustError, match="no singlecoil_train"):
+        prepare(tmp_path / "mc" / "knee", tmp_path / "store2", annotations=tmp_path / "mc" / "annotations", crop=32, progress=False)

@@ -78,8 +78,12 @@ def prepare(
     """Build the slice STORE from fastMRI volumes and fastMRI+ labels (resumes an interrupted run)."""
     from mrrobust.data.prepare import prepare as prepare_store, summary_lines
 
-    summary = prepare_store(fastmri, out, annotations=annotations, challenge=challenge, crop=crop, seed=seed,
-                            fractions=(train, val, test), workers=workers, progress=progress)
+    try:
+        summary = prepare_store(fastmri, out, annotations=annotations, challenge=challenge, crop=crop, seed=seed,
+                                fractions=(train, val, test), workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        print(f"mrrobust prepare: interrupted; {out} is unfinished, run the same command again to resume", file=sys.stderr)
+        raise typer.Exit(code=130)
     print("\n".join(summary_lines(summary)))
 
 
@@ -169,6 +173,32 @@ def train(
 
 
 # ---- demo --------------------------------------------------------------------
+
+
+@command
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, STORE, runs and gallery."),
+    volumes: int = typer.Option(32, help="Synthetic volumes."),
+    slices: int = typer.Option(16, help="Slices per volume."),
+    crop: int = typer.Option(64, help="Image size in pixels (small, so it runs on a laptop CPU)."),
+    width: int = typer.Option(8, help="ResNet base width."),
+    epochs: int = typer.Option(6, help="Training epochs per norm."),
+    seed: int = typer.Option(0, help="One seed for data, split and training."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """synth -> prepare -> train batch/group/layer norm -> artifact gallery, small, on the CPU. Resumes."""
+    from mrrobust.benchmark import demo as run_demo
+    from mrrobust.training import MONITOR
+
+    summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, width=width, epochs=epochs,
+                       seed=seed, progress=not quiet)
+    print(f"STORE {summary['store']}")
+    for norm, best in summary["runs"].items():
+        aucs = " ".join(f"{k.removeprefix('val_auc_')} {float(v):.3f}" for k, v in best.items()
+                        if k.startswith("val_auc_") and k != MONITOR and v)
+        print(f"{norm:>6} norm: best epoch {best.get('epoch')}, mean validation AUC "
+              f"{float(best.get(MONITOR, 'nan')):.3f} ({aucs}) -> {best['run']}")
+    print(f"gallery {summary['gallery']}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ Scale: the median, over train-split volumes, of each volume's 99th-percentile ma
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,7 @@ from mrrobust.data.store import (
 from mrrobust.errors import MrRobustError
 
 CHALLENGES = ("singlecoil", "multicoil")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SOURCE_SPLITS = ("train", "val")
 SCALE_DEFINITION = (
     "median over train-split volumes of each volume's 99th-percentile magnitude "
@@ -158,9 +162,13 @@ def prepare_volume(task: tuple[str, str, int, str]) -> dict:
 
 
 def _init_worker() -> None:
+    """Pool worker set-up: torch single-threaded; on Linux, die with the parent (a killed
+    `prepare` must not leave workers blocked on the task queue)."""
     import torch
 
     torch.set_num_threads(1)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _run_volumes(tasks: list, workers: int):
