@@ -4,7 +4,7 @@
   h5py read of the same files' `kspace`; "cold" runs start with the files evicted from
   the page cache (POSIX_FADV_DONTNEED), "warm" re-reads them from memory;
 - SliceDataset slices/s: `__getitem__` alone, and through a DataLoader with 0 and 2
-  workers (batch 32, shuffled).
+  workers (batch 32, shuffled, `collate_slices`; also torch's default collate, 0 workers).
 
 It synthesizes its own data with `synth` in a temporary folder (goal: prepare at least
 half the raw-read speed; Dataset above 2,000 slices/s at 320x320).
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import h5py
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from mrrobust.data.annotations import load_annotations
 from mrrobust.data.prepare import prepare
-from mrrobust.data.store import SliceDataset
+from mrrobust.data.store import SliceDataset, collate_slices
 from mrrobust.data.synth import synth
 
 
@@ -63,9 +63,9 @@ def getitem_rate(store: Path, min_seconds: float = 2.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def dataset_rate(store: Path, workers: int, device: str, min_seconds: float = 2.0) -> float:
+def dataset_rate(store: Path, workers: int, device: str, collate=collate_slices, min_seconds: float = 2.0) -> float:
     """Slices per second through a DataLoader (magnitude images moved to `device`)."""
-    loader = DataLoader(SliceDataset(store), batch_size=32, shuffle=True, num_workers=workers,
+    loader = DataLoader(SliceDataset(store), batch_size=32, shuffle=True, num_workers=workers, collate_fn=collate,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
     for image, _, _ in loader:  # warm-up epoch: worker start, first maps
         image.to(device)
@@ -124,6 +124,7 @@ def main() -> None:
             "dataset_getitem_slices_per_s": round(getitem_rate(store)),
             "dataset_slices_per_s_workers0": round(dataset_rate(store, 0, args.device)),
             "dataset_slices_per_s_workers2": round(dataset_rate(store, 2, args.device)),
+            "dataset_slices_per_s_workers0_default_collate": round(dataset_rate(store, 0, args.device, default_collate)),
         }
     print(json.dumps(result, indent=2))
 

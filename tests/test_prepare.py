@@ -119,9 +119,8 @@ def test_images_match_the_fastmri_reference_reconstruction(tiny_store, synth_roo
     import fastmri
     from fastmri.data import transforms as T
 
-    path = sorted((synth_root / "knee" / "singlecoil_train").glob("*.h5"))[0]
-    if not (tiny_store / "volumes" / f"{path.stem}.npy").exists():
-        path = sorted((synth_root / "knee" / "singlecoil_train").glob("*.h5"))[1]
+    files = sorted((synth_root / "knee" / "singlecoil_train").glob("*.h5"))
+    path = next(p for p in files if (tiny_store / "volumes" / f"{p.stem}.npy").exists())
     with h5py.File(path, "r") as hf:
         kspace = T.to_tensor(hf["kspace"][()])
     reference = T.center_crop(fastmri.complex_abs(fastmri.ifft2c(kspace)), (64, 64)).numpy()

@@ -146,3 +146,18 @@ def test_atomic_writers_leave_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npy"]
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(4))
     assert json.loads((tmp_path / "a.json").read_text()) == {"a": 2, "b": 1}
+
+
+def test_collate_slices_matches_default_collate(tiny_store):
+    from torch.utils.data import default_collate
+
+    from mrrobust.data.store import collate_slices
+
+    ds = SliceDataset(tiny_store, "val")
+    batch = [ds[i] for i in range(5)]
+    ours, reference = collate_slices(batch), default_collate(batch)
+    torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=0)
+    torch.testing.assert_close(ours[1], reference[1], rtol=0, atol=0)
+    assert ours[2] == list(reference[2])
+    loaded = next(iter(DataLoader(ds, batch_size=5, num_workers=1, collate_fn=collate_slices)))
+    torch.testing.assert_close(loaded[0], ours[0], rtol=0, atol=0)
