@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from mrrobust.errors import MrRobustError
-from mrrobust.fft import center_crop, ifft2c
+from mrrobust.fft import center_crop, ifft2c, ifft2c_cropped
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 ATTR_KEYS = ("acquisition", "max", "norm", "patient_id")
@@ -148,7 +148,7 @@ def complex_images(kspace: np.ndarray, crop: int) -> np.ndarray:
     if crop > height or crop > width:
         raise MrRobustError(f"crop {crop} is larger than the k-space matrix {height}x{width}; choose a crop <= {min(height, width)}")
     if kspace.ndim == 3:
-        return np.ascontiguousarray(center_crop(ifft2c(kspace.astype(np.complex64, copy=False)), (crop, crop)))
+        return ifft2c_cropped(kspace.astype(np.complex64, copy=False), (crop, crop))
     if kspace.ndim == 4:
         return np.stack([center_crop(coil_combine(k.astype(np.complex64, copy=False)), (crop, crop)) for k in kspace])
     raise MrRobustError(f"k-space must be (slices, H, W) or (slices, coils, H, W), got shape {kspace.shape}")
