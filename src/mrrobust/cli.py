@@ -111,7 +111,7 @@ def artifacts(
         table.add_row(row["name"], row["domain"], " / ".join(str(step) for step in row["ladder"]) + f"\n({row['unit']})",
                       " ".join(f"{v:.3f}" for v in row["nrmse"]), " ".join(f"{v:.3f}" for v in row["ssim"]),
                       "yes" if row["monotone"] else "no")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
 
 
 @command
