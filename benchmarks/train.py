@@ -19,7 +19,10 @@ pairs not started within it are listed as skipped. On an H100 the goal is batch 
 >= 0.9x batch norm.
 
     python benchmarks/train.py --device cuda            # full study size, 320x320, width 64
-    python benchmarks/train.py --device cpu --size 64 --width 16 --modes fp32-contig-eager
+    python benchmarks/train.py --device cpu --size 64 --width 16 --modes fp32-contig-eager,bf16-cl-eager
+
+Compiled modes are for CUDA: on the CPU, torch 2.13's inductor backward of this network
+crashes the process (which is why `mrrobust train --compile` is refused on the CPU).
 """
 
 from __future__ import annotations

@@ -213,6 +213,19 @@ def test_label_without_validation_positives_is_reported_not_fatal(tmp_path, capl
     assert acl["auc"] is None and acl["sensitivity"] is None and acl["positives"] == 0
 
 
+def test_augmented_training_is_seeded_and_changes_training(store, tmp_path):
+    runs = {name: tmp_path / name for name in ("plain", "noisy", "noisy_again")}
+    train(store, runs["plain"], "group", max_epochs=1, **FAST)
+    for name in ("noisy", "noisy_again"):
+        train(store, runs[name], "group", max_epochs=1, augment="noise:5,ghosting:3", **FAST)
+    plain, noisy, again = (read_metrics(run)[0] for run in runs.values())
+    assert noisy == again
+    assert noisy["train_loss"] != plain["train_loss"]
+    assert json.loads((runs["noisy"] / "config.json").read_text())["training"]["augment"] == "noise:5,ghosting:3"
+    code, output = run_cli("--data", store, "--out", tmp_path / "bad", "--augment", "bogus:2")
+    assert code == 2 and "unknown artifact 'bogus'" in output and not (tmp_path / "bad").exists()
+
+
 # ---- bad input ----------------------------------------------------------------------------
 
 
@@ -230,6 +243,7 @@ def test_bad_input_is_one_line(store, tmp_path):
         "unknown precision": ([store, "--precision", "8"], "is not one of"),
         "too many gpus": ([store, "--accelerator", "gpu", "--devices", "64"], "more GPUs"),
         "unknown norm": ([store, "--norm", "weight"], "unknown norm"),
+        "compile on cpu": ([store, "--compile", "--accelerator", "cpu"], "--compile is for GPUs"),
     }
     for name, (args, message) in cases.items():
         out = tmp_path / name.replace(" ", "_")

@@ -147,6 +147,7 @@ def train(
     patience: int = typer.Option(5, help="Early stopping: epochs without a better mean validation AUC."),
     seed: int = typer.Option(0, help="Seeds every generator and data-loader worker."),
     weighted_sampler: bool = typer.Option(True, "--weighted-sampler/--uniform-sampler", help="The study's sampler (inverse frequency of the number of positive labels) or uniform shuffling."),
+    augment: Optional[str] = typer.Option(None, help="Train-time artifacts ARTIFACT[:MAXSEV],... (e.g. noise:3,motion): per slice and epoch one artifact at a random severity <= MAXSEV, on the batch's device."),
     precision: str = typer.Option("32", help="32, bf16-mixed or 16-mixed (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network."),
     accelerator: str = typer.Option("auto", help="auto, cpu or gpu."),
@@ -162,7 +163,7 @@ def train(
     summary = train_run(
         data, out, norm, depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
-        weighted_sampler=weighted_sampler, precision=precision, compile=compile,
+        weighted_sampler=weighted_sampler, augment=augment, precision=precision, compile=compile,
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, workers=workers,
         resume=resume, quiet=quiet)
     if summary is not None:

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -319,10 +318,11 @@ def _resolve_accelerator(accelerator: str, precision: str, devices: int, num_nod
                             f"or use --accelerator cpu")
     if accelerator == "cpu" and precision == "16-mixed":
         raise MrRobustError("--precision 16-mixed needs a GPU; use bf16-mixed or 32 on the CPU")
-    if accelerator == "cpu" and compile and not any(
-            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
-        raise MrRobustError("--compile on the CPU needs a C++ compiler (g++ or clang++) on "
-                            "PATH; install one or drop --compile")
+    if accelerator == "cpu" and compile:
+        # torch.compile's CPU backward of this network crashes the process (segfault, torch
+        # 2.13 CPU build), so the combination is refused rather than left to kill the run
+        raise MrRobustError("--compile is for GPUs (torch.compile's CPU backward crashes on "
+                            "this network); drop --compile on the CPU")
     return accelerator
 
 
@@ -373,7 +373,7 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> None:
 def _make_augment(augment: str | None):
     if not augment:
         return None
-    from mrrobust.artifacts import RandomArtifacts
+    from mrrobust.artifacts.augment import RandomArtifacts
 
     return RandomArtifacts(augment)
 
