@@ -202,5 +202,24 @@ def demo(
     print(f"gallery {summary['gallery']}")
 
 
+def main() -> None:
+    """Console entry point: like `app()`, but a usage error (missing option, bad value)
+    is one line on stderr and exit code 2 instead of a boxed message."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("mrrobust: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as err:  # click's UsageError (typer vendors click): exit_code 2
+        if getattr(err, "exit_code", None) != 2 or not hasattr(err, "format_message"):
+            raise
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "mrrobust"
+        if err.format_message():  # empty when no arguments: the help was shown
+            print(f"{where}: error: {err.format_message()} (see --help)", file=sys.stderr)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()
