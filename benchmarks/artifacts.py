@@ -16,7 +16,7 @@ import time
 import torch
 
 from mrrobust.artifacts import ARTIFACTS, corrupt
-from mrrobust.artifacts.phantom import phantom
+from mrrobust.artifacts.quality import validation_slices
 
 TORCHIO = {  # ours -> torchio's nearest equivalent (constructor, kwargs)
     "noise": ("RandomNoise", {}),
@@ -70,7 +70,7 @@ def main():
     device = torch.device(args.device)
     batch = args.batch or (256 if device.type == "cuda" else 32)
     repeats = args.repeats or (20 if device.type == "cuda" else 3)
-    base = torch.from_numpy(phantom(8, args.size, seed=0))
+    base = validation_slices(8, args.size, seed=0)  # synth's validation slices
     images = base.repeat((batch + 7) // 8, 1, 1)[:batch].to(device)
     seeds = torch.arange(batch, dtype=torch.int64)
     result = {"device": str(device), "size": args.size, "batch": batch, "threads": args.threads,

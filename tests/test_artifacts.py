@@ -10,7 +10,7 @@ import torch
 
 from mrrobust.artifacts import ARTIFACTS, STUDY, corrupt, kspace
 from mrrobust.artifacts import random as rnd
-from mrrobust.artifacts.phantom import phantom
+from mrrobust.artifacts.quality import validation_slices
 from mrrobust.errors import MrRobustError
 from mrrobust.fft import fft2c
 
@@ -19,7 +19,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def slices():
-    return torch.from_numpy(phantom(6, SIZE, seed=3))
+    return validation_slices(6, SIZE, seed=3)
 
 
 def test_severity_zero_is_the_clean_magnitude(slices):
@@ -130,7 +130,7 @@ def test_undersampling_mask_acceleration_and_centre():
 
 
 def test_undersampling_zero_fills_exactly_the_masked_lines():
-    x = torch.from_numpy(phantom(2, 64))
+    x = validation_slices(2, 64)
     seeds = torch.tensor([1, 2])
     y = kspace.undersampling(x, (4, 0.08), seeds)
     mask = kspace.undersampling_mask(seeds, 64, 4, 0.08)
@@ -165,7 +165,7 @@ def test_motion_ghosts_lie_along_phase_encoding():
 
 
 def test_spikes_are_single_kspace_samples():
-    x = torch.from_numpy(phantom(1, 64))
+    x = validation_slices(1, 64)
     count, relative = ARTIFACTS["spike"].ladder[4]
     y = kspace.spike(x, (count, relative), torch.tensor([4]))
     diff = fft2c(y - x)[0].abs()

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from mrrobust.artifacts import ARTIFACTS
 from mrrobust.artifacts.augment import RandomArtifacts, parse_spec
 from mrrobust.artifacts.gallery import gallery
-from mrrobust.artifacts.phantom import phantom
+from mrrobust.artifacts.quality import validation_slices
 from mrrobust.artifacts.quality import ladder_table, nrmse, ssim
 from mrrobust.cli import app
+from mrrobust.data import fastmri
 from mrrobust.errors import MrRobustError
 
 
@@ -27,7 +28,7 @@ def test_every_ladder_is_monotone():
 def test_ssim_and_nrmse_match_independent_references():
     from skimage.metrics import normalized_root_mse, structural_similarity
 
-    clean = torch.from_numpy(phantom(3, 64)).abs()
+    clean = validation_slices(3, 64).abs()
     noisy = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
     ours = ssim(clean, noisy)
     for b in range(3):
@@ -38,7 +39,7 @@ def test_ssim_and_nrmse_match_independent_references():
 
 
 def test_random_artifacts_hook():
-    x = torch.from_numpy(phantom(8, 48))
+    x = validation_slices(8, 48)
     seeds = torch.arange(8) * 31
     aug = RandomArtifacts(["noise:3", "motion"])
     entry, severity = aug.choices(torch.arange(4000))
@@ -55,7 +56,7 @@ def test_random_artifacts_hook():
 
 
 def test_gallery_writes_an_image(tmp_path):
-    out = gallery(torch.from_numpy(phantom(1, 48)[0]), tmp_path / "g.png", "phantom", names=["noise", "motion"])
+    out = gallery(validation_slices(1, 48)[0], tmp_path / "g.png", "synth", names=["noise", "motion"])
     import matplotlib.image
 
     assert matplotlib.image.imread(out).shape[0] > 100
@@ -72,10 +73,9 @@ def test_commands_report_bad_input_in_one_line(tmp_path):
 
 
 def test_gallery_from_a_fastmri_file(tmp_path):
-    fastmri = pytest.importorskip("mrrobust.data.fastmri")
     import h5py
 
-    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(phantom(3, 64), axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    kspace = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(validation_slices(3, 64).numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
     with h5py.File(tmp_path / "file1.h5", "w") as f:
         f["kspace"] = kspace.astype(np.complex64)
     volume = fastmri.read_volume(tmp_path / "file1.h5")

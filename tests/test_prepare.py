@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from mrrobust.cli import app
 from mrrobust.data.annotations import LABELS
-from mrrobust.data.prepare import prepare, split_volumes
+from mrrobust.data.prepare import prepare, split_volumes, summary_lines
 from mrrobust.data.store import read_manifest
 from mrrobust.errors import MrRobustError
 from mrrobust.fft import fft2c
@@ -25,8 +25,9 @@ HEADER = "file,slice,study_level,x,y,width,height,label\n"
 
 
 def _tree(store) -> dict[str, bytes]:
-    """Every visible file of a STORE, relative path -> bytes."""
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    """Every visible file of a STORE (nothing under a hidden name), relative path -> bytes."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(store).parts)}
 
 
 def _write_volume(path, kspace, patient_id="", acquisition="CORPD_FBK"):
@@ -84,6 +85,18 @@ def test_split_covers_disjointly_and_keeps_patients_together():
 
 
 # ---- the STORE from synth ------------------------------------------------------------------
+
+
+def test_no_patient_spans_two_splits_end_to_end(tiny_store):
+    """synth makes PD + PDFS pairs of one knee; prepare keeps each patient in one split."""
+    with open(tiny_store / "slices.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    volumes, splits = {}, {}
+    for row in rows:
+        volumes.setdefault(row["patient_id"], set()).add(row["volume"])
+        splits.setdefault(row["patient_id"], set()).add(row["split"])
+    assert any(len(v) > 1 for v in volumes.values())  # the rule is exercised
+    assert all(len(s) == 1 for s in splits.values())
 
 
 def test_store_rows_follow_the_annotations(tiny_store, synth_root):
@@ -170,9 +183,49 @@ def test_rerun_of_a_finished_store_redoes_nothing_and_new_crop_redoes_all(tiny_s
     shutil.copytree(tiny_store, store)
     again = prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=64, progress=False)
     assert again["prepared"] == 0 and _tree(store) == _tree(tiny_store)
+    assert again["changed_settings"] == {} and not any("settings differ" in line for line in summary_lines(again))
     smaller = prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=48, progress=False)
     assert smaller["reused"] == 0 and read_manifest(store)["crop"] == 48
     assert np.load(next((store / "volumes").glob("*.npy"))).shape[1:] == (48, 48)
+    assert smaller["changed_settings"] == {"crop": [64, 48]}
+    assert [line for line in summary_lines(smaller) if "settings differ" in line] == [
+        f"settings differ from the STORE's previous run (crop 64 -> 48): {smaller['prepared']} volumes redone, split and scale recomputed"]
+    assert not (store / ".incoming").exists()
+
+
+def test_failed_rerun_leaves_a_finished_store_as_it_was(tiny_store, tmp_path, synth_root):
+    """Every volume failing (crop too large) must not unfinish or touch the STORE."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    with pytest.raises(MrRobustError, match="no usable volume.*still holds the previous finished STORE"):
+        prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=1000, progress=False)
+    assert _tree(store) == _tree(tiny_store) and sorted(p.name for p in store.iterdir()) == ["manifest.json", "slices.csv", "volumes"]
+
+
+def test_interrupted_rerun_with_new_settings_keeps_the_old_store_then_resumes(tiny_store, tmp_path, synth_root, monkeypatch):
+    """Killed half-way through a crop change, the old STORE is still finished and whole;
+    the re-run reuses the volumes done before the kill and swaps in the new STORE."""
+    import mrrobust.data.prepare as P
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    original, done = P.prepare_volume, []
+
+    def interrupted(task):
+        if len(done) == 3:
+            raise KeyboardInterrupt
+        done.append(task)
+        return original(task)
+
+    monkeypatch.setattr(P, "prepare_volume", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=48, progress=False)
+    assert _tree(store) == _tree(tiny_store) and read_manifest(store)["crop"] == 64
+    monkeypatch.setattr(P, "prepare_volume", original)
+    summary = prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=48, progress=False)
+    assert summary["reused"] == 3 and summary["prepared"] == summary["counts"]["volumes"] - 3
+    assert all(np.load(p, mmap_mode="r").shape[1:] == (48, 48) for p in (store / "volumes").glob("*.npy"))
+    assert not (store / ".incoming").exists()
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -238,6 +291,7 @@ def test_cli_exit_2_with_one_line_only_when_nothing_usable(messy_root, tmp_path)
     "case, match",
     [
         ("wrong_path", "folder not found"),
+        ("file_as_root", "not a folder"),
         ("no_challenge_folder", "no singlecoil_train"),
         ("empty_folder", "no .h5 files"),
         ("missing_columns", "missing column"),
@@ -254,6 +308,8 @@ def test_bad_input_is_one_clear_error(tmp_path, case, match):
     out, kwargs = tmp_path / "store", {"crop": 32}
     if case == "wrong_path":
         root = tmp_path / "nowhere"
+    elif case == "file_as_root":
+        root = root / "singlecoil_val" / "file0000001.h5"
     elif case == "no_challenge_folder":
         root = tmp_path / "ann"
     elif case == "empty_folder":
@@ -273,6 +329,8 @@ def test_bad_input_is_one_clear_error(tmp_path, case, match):
         prepare(root, out, annotations=annotations, progress=False, **kwargs)
     if case == "out_not_a_store":
         assert (out / "thesis.tex").read_text() == "precious"
+    else:
+        assert not out.exists()  # nothing half-written: a failed run leaves no folder behind
 
 
 def test_default_annotations_are_the_packaged_fastmri_plus(tmp_path):

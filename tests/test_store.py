@@ -161,3 +161,10 @@ def test_collate_slices_matches_default_collate(tiny_store):
     assert ours[2] == list(reference[2])
     loaded = next(iter(DataLoader(ds, batch_size=5, num_workers=1, collate_fn=collate_slices)))
     torch.testing.assert_close(loaded[0], ours[0], rtol=0, atol=0)
+
+
+def test_weighted_sampler_on_an_empty_split_is_one_clear_error():
+    from types import SimpleNamespace
+
+    with pytest.raises(MrRobustError, match="test split has no slices"):
+        weighted_sampler(SimpleNamespace(targets=np.zeros((0, 4), np.float32), split="test"))

@@ -82,7 +82,7 @@ def prepare(
         summary = prepare_store(fastmri, out, annotations=annotations, challenge=challenge, crop=crop, seed=seed,
                                 fractions=(train, val, test), workers=workers, progress=progress)
     except KeyboardInterrupt:
-        print(f"mrrobust prepare: interrupted; {out} is unfinished, run the same command again to resume", file=sys.stderr)
+        print(f"mrrobust prepare: interrupted; run the same command again to resume (a STORE finished before stays as it was until then)", file=sys.stderr)
         raise typer.Exit(code=130)
     print("\n".join(summary_lines(summary)))
 
@@ -92,10 +92,10 @@ def prepare(
 
 @command
 def artifacts(
-    size: int = typer.Option(96, "--size", help="Phantom size in pixels for the measured NRMSE/SSIM (64..128 is fast)."),
+    size: int = typer.Option(96, "--size", help="Slice size in pixels for the measured NRMSE/SSIM (64..128 is fast)."),
     suite: str = typer.Option("mrrobust", "--suite", help="Artifact suite: mrrobust (ours) or study (the released protocol)."),
 ):
-    """List the artifacts, their five-step ladders and the median NRMSE/SSIM per severity on built-in phantom slices."""
+    """List the artifacts, their five-step ladders and the median NRMSE/SSIM per severity on synthetic validation slices."""
     from rich.table import Table
 
     from mrrobust.artifacts.quality import ladder_table
@@ -104,7 +104,7 @@ def artifacts(
         raise MrRobustError(f"--size {size} is outside 16..1024")
     if suite not in ("mrrobust", "study"):
         raise MrRobustError(f"unknown suite {suite!r}; choose mrrobust or study")
-    table = Table(title=f"artifacts (suite {suite}; median over phantom slices at {size} px; severity 1..5)")
+    table = Table(title=f"artifacts (suite {suite}; median over synth validation slices at {size} px; severity 1..5)")
     for column in ("artifact", "domain", "ladder (unit)", "NRMSE 1..5", "SSIM 1..5", "monotone"):
         table.add_column(column)
     for row in ladder_table(size=size, suite=suite):

@@ -13,9 +13,12 @@ batch size, order or device.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from mrrobust.artifacts import image, kspace, study  # noqa: F401  (fill the registries)
+from mrrobust.artifacts.kspace import magnitude
 from mrrobust.artifacts.random import as_seeds
 from mrrobust.artifacts.registry import ARTIFACTS, SEVERITIES, STUDY, Artifact
 from mrrobust.errors import MrRobustError
@@ -25,23 +28,27 @@ SUITES = {"mrrobust": ARTIFACTS, "study": STUDY}
 
 def lookup(name: str, suite: str = "mrrobust") -> Artifact:
     """The registered artifact; MrRobustError listing the valid names otherwise."""
-    if suite not in SUITES:
+    if not isinstance(suite, str) or suite not in SUITES:
         raise MrRobustError(f"unknown artifact suite {suite!r}; choose one of {', '.join(SUITES)}")
     registry = SUITES[suite]
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise MrRobustError(f"unknown artifact {name!r} in suite {suite!r}; choose one of {', '.join(registry)}")
     return registry[name]
 
 
 def as_complex_batch(images) -> torch.Tensor:
-    """`(B, H, W)` tensor (complex, or real = magnitude with zero phase) -> complex64; checks rank and finiteness."""
+    """`(B, H, W)` tensor (complex, or real = magnitude with zero phase) -> complex64; checks rank,
+    B >= 1 and finiteness (one host sync on a GPU)."""
     x = torch.as_tensor(images)
-    if x.ndim != 3:
-        raise MrRobustError(f"artifacts need images of shape (B, H, W); got shape {tuple(x.shape)}: add or remove a batch axis")
+    if x.ndim != 3 or x.shape[0] < 1:
+        raise MrRobustError(f"artifacts need images of shape (B, H, W) with B >= 1; got shape {tuple(x.shape)}: "
+                            "add or remove a batch axis, or skip empty batches")
     if not x.is_complex():
         x = x.to(torch.float32).to(torch.complex64)
     x = x.to(torch.complex64)
-    if not bool(torch.isfinite(torch.view_as_real(x)).all()):
+    planes = torch.view_as_real(x)
+    # one-pass check: a NaN or inf makes the sum non-finite; only then (or on float32 overflow) look closer
+    if not bool(torch.isfinite(planes.sum())) and not bool(torch.isfinite(planes).all()):
         raise MrRobustError("artifacts got non-finite values (NaN or inf) in the images; clean or drop those slices first")
     return x
 
@@ -53,7 +60,7 @@ def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust") ->
     is the clean magnitude exactly, 1..5 walk the artifact's ladder.
     """
     artifact = lookup(name, suite)
-    if isinstance(severity, bool) or int(severity) != severity or not 0 <= severity <= SEVERITIES:
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 0 <= severity <= SEVERITIES:
         raise MrRobustError(f"severity must be an integer 0..{SEVERITIES}; got {severity!r}")
     x = as_complex_batch(images)
     try:
@@ -62,7 +69,9 @@ def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust") ->
         raise MrRobustError(f"bad seeds for artifact {name!r}: {err}") from None
     if severity == 0:
         return x.abs()
-    return artifact.function(x, artifact.ladder[int(severity) - 1], seeds).abs().to(torch.float32)
+    return magnitude(artifact.function(x, artifact.ladder[int(severity) - 1], seeds))
 
 
-__all__ = ["ARTIFACTS", "STUDY", "SUITES", "Artifact", "corrupt", "lookup", "SEVERITIES"]
+from mrrobust.artifacts.augment import RandomArtifacts  # noqa: E402  (needs corrupt above)
+
+__all__ = ["ARTIFACTS", "STUDY", "SUITES", "Artifact", "RandomArtifacts", "corrupt", "lookup", "SEVERITIES"]

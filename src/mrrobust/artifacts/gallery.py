@@ -55,6 +55,8 @@ def gallery(image: torch.Tensor, out: Path, title: str = "", suite: str = "mrrob
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not isinstance(suite, str) or suite not in SUITES:
+        raise MrRobustError(f"unknown artifact suite {suite!r}; choose one of {', '.join(SUITES)}")
     names = list(SUITES[suite]) if names is None else names
     for name in names:
         lookup(name, suite)
@@ -81,6 +83,8 @@ def gallery(image: torch.Tensor, out: Path, title: str = "", suite: str = "mrrob
         os.replace(temp, out)
     except ValueError as err:
         raise MrRobustError(f"cannot write {out}: {err}; use a .png, .pdf or .svg name") from None
+    except OSError as err:
+        raise MrRobustError(f"cannot write {out}: {err.strerror or err}; choose a writable --out") from None
     finally:
         plt.close(fig)
         temp.unlink(missing_ok=True)

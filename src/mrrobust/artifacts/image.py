@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mrrobust.artifacts import random as rnd
-from mrrobust.artifacts.kspace import _to
+from mrrobust.artifacts.kspace import _to, magnitude
 from mrrobust.artifacts.registry import ARTIFACTS, register
 
 
@@ -38,14 +38,22 @@ def polynomial_basis(n: int, order: int) -> torch.Tensor:
 
 def multiply_log_polynomial(x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     """x * exp(sum_{i+j<=order} c_ij y**i x**j); coefficients `(B, order+1, order+1)` (entries
-    with i + j > order ignored). The field is built by two small matmuls."""
+    with i + j > order ignored).
+
+    Separable: a_j(y) = sum_i c_ij y**i `(B, H, order+1)` is small and built on the
+    CPU; the full field takes order + 1 broadcast multiply-adds a_j(y) x**j (no
+    matmul, whose rounding would depend on the batch), one exp, one multiply."""
     order = coefficients.shape[-1] - 1
     h, w = x.shape[-2:]
     keep = (torch.arange(order + 1)[:, None] + torch.arange(order + 1)[None, :]) <= order
-    c = _to(coefficients * keep, x)
-    rows, cols = _to(polynomial_basis(h, order), x), _to(polynomial_basis(w, order), x)
-    log_field = rows @ c @ cols.T  # (B, H, W)
-    return x * torch.exp(log_field)
+    c = coefficients.double() * keep
+    rows, cols = polynomial_basis(h, order), _to(polynomial_basis(w, order), x)
+    a = sum(rows[None, :, i, None] * c[:, None, i, :] for i in range(order + 1))  # (B, H, order+1)
+    a = _to(a, x)
+    log_field = a[:, :, 0, None] * cols[:, 0]
+    for j in range(1, order + 1):
+        log_field.addcmul_(a[:, :, j, None], cols[:, j])
+    return torch.view_as_complex(torch.view_as_real(x) * torch.exp_(log_field)[..., None])
 
 
 @register(ARTIFACTS, "bias_field", ladder=(0.1, 0.2, 0.3, 0.45, 0.6), domain="image", unit="max |coefficient| (log field)")
@@ -68,13 +76,15 @@ def bias_field(x, level, seeds):
 
 def displace(x: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     """Warp x by a smooth displacement field: control `(B, 2, G, G)` displacements (rows, cols)
-    in fractions of the image size, upsampled bicubically to full size; bilinear resampling."""
+    in fractions of the image size, upsampled bicubically to a quarter of the image size,
+    then bilinearly to full size (smooth to well below a pixel); one bilinear resampling."""
     b, h, w = x.shape
-    field = F.interpolate(_to(control, x), size=(h, w), mode="bicubic", align_corners=True)
+    coarse = F.interpolate(_to(control.flip(1), x), size=(-(-h // 4), -(-w // 4)), mode="bicubic", align_corners=True)
+    field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True)  # (B, 2, H, W), (x, y) order
     ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device)
     xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device)
     base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # (H, W, 2) in (x, y) order
-    grid = base + 2 * field.flip(1).permute(0, 2, 3, 1)
+    grid = torch.add(base, field.permute(0, 2, 3, 1), alpha=2)
     return _complex(F.grid_sample(_planes(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False))
 
 
@@ -95,33 +105,36 @@ def elastic(x, level, seeds):
 # ---- anisotropy ---------------------------------------------------------------
 
 
-def _blur_rows(planes: torch.Tensor, factor: float) -> torch.Tensor:
-    """Average rows down to H / factor, then interpolate linearly back to H."""
-    h, w = planes.shape[-2:]
-    low = F.interpolate(planes, size=(max(1, round(h / factor)), w), mode="area")
-    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+def _blur_rows(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """complex `(n, H, W)`: average rows down to H / factor, then interpolate linearly back to H.
+
+    Works on the contiguous real view `(n, 1, H, 2W)`; along 2W the sizes match, so
+    pooling and interpolation leave that axis exactly as it is."""
+    n, h, w = x.shape
+    planes = torch.view_as_real(x).reshape(n, 1, h, 2 * w)
+    low = F.adaptive_avg_pool2d(planes, (max(1, round(h / factor)), 2 * w))
+    back = F.interpolate(low, size=(h, 2 * w), mode="bilinear", align_corners=False)
+    return torch.view_as_complex(back.reshape(n, h, w, 2))
 
 
-@register(ARTIFACTS, "anisotropy", ladder=(1.5, 2.0, 3.0, 4.0, 6.0), domain="image", unit="resolution loss factor")
+@register(ARTIFACTS, "anisotropy", ladder=(2.0, 3.0, 4.0, 5.0, 6.0), domain="image", unit="resolution loss factor")
 def anisotropy(x, level, seeds):
     """Anisotropy: resolution reduced by a factor along one axis, then interpolated back.
 
     A protocol with larger pixels (or thicker slices, seen in a reformatted
     plane) along one axis, displayed on the original grid: area averaging to
     N / factor samples, linear interpolation back (torchio RandomAnisotropy).
-    The axis (rows or columns) is drawn per sample.
+    The axis (rows or columns) is drawn per sample; the column group is
+    processed transposed. Group membership is known on the CPU: no device sync.
     """
-    along_columns = (rnd.uniform(seeds, "anisotropy-axis") < 0.5).nonzero().flatten()
-    along_rows = (rnd.uniform(seeds, "anisotropy-axis") >= 0.5).nonzero().flatten()
-    planes = _planes(x)
-    out = torch.empty_like(planes)
-    for index, transpose in ((along_rows, False), (along_columns, True)):
+    along_columns = rnd.uniform(seeds, "anisotropy-axis") < 0.5
+    out = torch.empty_like(x)
+    for group, transposed in ((~along_columns, False), (along_columns, True)):
+        index = group.nonzero().flatten().to(x.device)
         if len(index):
-            part = planes[index.to(x.device)]
-            part = part.transpose(-1, -2) if transpose else part
-            part = _blur_rows(part, level)
-            out[index.to(x.device)] = part.transpose(-1, -2) if transpose else part
-    return _complex(out)
+            source, target = (x.transpose(1, 2), out.transpose(1, 2)) if transposed else (x, out)
+            target[index] = _blur_rows(source[index].contiguous(), level)
+    return out
 
 
 # ---- contrast -----------------------------------------------------------------
@@ -140,7 +153,7 @@ def contrast(x, level, seeds):
     log_gamma, log_gain = level
     signs = torch.where(rnd.uniform(seeds, "contrast-signs", (2,)) < 0.5, -1.0, 1.0).double()
     gamma, gain = _to(torch.exp(log_gamma * signs[:, 0]), x), _to(torch.exp(log_gain * signs[:, 1]), x)
-    m = x.abs()
+    m = magnitude(x)
     peak = m.amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(m.dtype).tiny)
     scale = gain[:, None, None] * peak * (m / peak).pow(gamma[:, None, None]) / m.clamp(min=torch.finfo(m.dtype).tiny)
     return x * scale

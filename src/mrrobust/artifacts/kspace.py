@@ -46,18 +46,26 @@ def _to(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.to(device=x.device, dtype=real if t.is_floating_point() else t.dtype)
 
 
+def magnitude(x: torch.Tensor) -> torch.Tensor:
+    """complex `(..., H, W)` -> float32 |x| (hypot of the real view: faster than complex abs on the CPU)."""
+    planes = torch.view_as_real(x)
+    return torch.hypot(planes[..., 0], planes[..., 1])
+
+
 # ---- noise --------------------------------------------------------------------
 
 
 def rms_level(x: torch.Tensor) -> torch.Tensor:
     """`(B,)` per-slice signal level: RMS of |x| (= k-space energy per sample, by Parseval)."""
-    return x.abs().square().mean(dim=(-2, -1)).sqrt()
+    return torch.linalg.vector_norm(torch.view_as_real(x), dim=(1, 2, 3)) / math.sqrt(x.shape[-2] * x.shape[-1])
 
 
 def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str) -> torch.Tensor:
-    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel; sigma `(B,)` on x's device."""
+    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel; sigma `(B,)` on x's device.
+
+    One window copy of the noise bank and one fused multiply-add on the real view."""
     field = rnd.complex_noise(seeds, name, tuple(x.shape[-2:]), x.device)
-    return x + sigma[:, None, None] * field
+    return torch.view_as_complex(torch.addcmul(torch.view_as_real(x), sigma.to(field.dtype)[:, None, None, None], field))
 
 
 @register(ARTIFACTS, "noise", ladder=(0.04, 0.08, 0.13, 0.2, 0.3), domain="k-space", unit="sigma / RMS signal")
@@ -81,10 +89,12 @@ def noise(x, level, seeds):
 def scale_lines(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Multiply k-space column `line` by `factor[b, line]` (complex `(B, W)`, centred line order)."""
     order = line_index(x.shape[-1]).to(x.device)
-    return ifft_pe(fft_pe(x) * factor[:, order][:, None, :])
+    k = fft_pe(x)
+    k *= factor[:, order][:, None, :]
+    return ifft_pe(k)
 
 
-@register(ARTIFACTS, "ghosting", ladder=((2, 0.08), (2, 0.16), (3, 0.3), (4, 0.45), (4, 0.7)), domain="k-space",
+@register(ARTIFACTS, "ghosting", ladder=((2, 0.08), (2, 0.16), (2, 0.26), (3, 0.45), (3, 0.7)), domain="k-space",
           unit="(period P lines, line error |d|)")
 def ghosting(x, level, seeds):
     """Ghosting: a periodic line-to-line inconsistency along phase encoding.
@@ -112,15 +122,16 @@ def ghosting(x, level, seeds):
 
 def magnitude_spectrum_peak(x: torch.Tensor) -> torch.Tensor:
     """`(B,)` sum|x| / sqrt(HW): the k-space peak (DC) of the magnitude image, >= max|fft2c(x)|."""
-    return x.abs().sum(dim=(-2, -1)) / math.sqrt(x.shape[-2] * x.shape[-1])
+    return magnitude(x).sum(dim=(-2, -1)) / math.sqrt(x.shape[-2] * x.shape[-1])
 
 
 def add_spikes(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
     """Add k-space samples `amplitude[b, s]` (complex) at signed frequencies (rows, cols) `(B, S)`.
 
     A single k-space sample is a plane wave in image space: A / sqrt(HW) *
-    exp(2 pi i (f_h h / H + f_w w / W)); the S waves are summed by one batched
-    matmul instead of an FFT.
+    exp(2 pi i (f_h h / H + f_w w / W)), the outer product of two 1-D complex
+    exponentials; each of the S waves is added by one broadcast multiply-add (no
+    FFT, and no matmul, whose rounding would depend on the batch).
     """
     h, w = x.shape[-2:]
     dev = x.device
@@ -130,7 +141,10 @@ def add_spikes(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, amplitud
         return torch.polar(torch.ones((), device=dev), 2 * math.pi / n * k.to(torch.float32)).to(x.dtype)
 
     amp = (amplitude / math.sqrt(h * w)).to(device=dev, dtype=x.dtype)
-    return x + torch.matmul((waves(rows, h) * amp[:, :, None]).transpose(1, 2), waves(cols, w))
+    along_rows, along_cols = waves(rows, h) * amp[:, :, None], waves(cols, w)
+    for s in range(along_rows.shape[1]):  # S <= 3 spikes, each over the whole batch
+        x = torch.addcmul(x, along_rows[:, s, :, None], along_cols[:, s, None, :])
+    return x
 
 
 @register(ARTIFACTS, "spike", ladder=((1, 0.02), (1, 0.04), (2, 0.06), (2, 0.09), (3, 0.12)), domain="k-space",
@@ -140,8 +154,9 @@ def spike(x, level, seeds):
 
     An electrostatic discharge or a loose connection writes one very bright
     sample into k-space; its plane wave lays stripes over the whole image whose
-    direction and spacing are set by the sample's position (Zhang et al.,
-    "Spike artifacts", MRM 2001; Stadler et al., Artifacts in MRI, 2007).
+    direction and spacing are set by the sample's position (Zhuo & Gullapalli,
+    "MR artifacts, safety, and quality control", RadioGraphics 26(1), 2006;
+    Bernstein, King & Zhou, Handbook of MRI Pulse Sequences, Elsevier 2004).
     Positions are uniform over k-space outside the central 1/8 (in each axis),
     phases uniform, amplitude = level x the magnitude image's k-space peak.
     """
@@ -162,23 +177,23 @@ def spike(x, level, seeds):
 # ---- motion -------------------------------------------------------------------
 
 
-def rigid_moves(x: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """`(B, M, H, W)` copies of x rotated by `degrees` `(B, M)` about the centre and shifted by
-    `shifts` `(B, M, 2)` pixels (rows, cols); bilinear on real and imaginary parts."""
-    b, m = degrees.shape
-    h, w = x.shape[-2:]
+def rigid_grid(degrees: torch.Tensor, shifts: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
+    """`(B, H, W, 2)` grid_sample grid (align_corners=False) of one rigid pose per sample: rotation
+    by `degrees` `(B,)` about the centre, then shift by `shifts` `(B, 2)` pixels (rows, cols).
+    Built by broadcast multiply-adds (what affine_grid computes, without its batched matmul)."""
     theta = torch.deg2rad(degrees.double())
     cos, sin = torch.cos(theta), torch.sin(theta)
-    # affine_grid maps output to input in normalised [-1, 1] coords (x = columns, y = rows)
-    affine = torch.stack([
-        torch.stack([cos, -sin * h / w, -2 * shifts[..., 1] / w], -1),
-        torch.stack([sin * w / h, cos, -2 * shifts[..., 0] / h], -1),
-    ], -2).reshape(b * m, 2, 3)
-    grid = F.affine_grid(_to(affine, x), [b * m, 2, h, w], align_corners=False)
-    planes = torch.view_as_real(x).permute(0, 3, 1, 2)  # (B, 2, H, W)
-    planes = planes[:, None].expand(b, m, 2, h, w).reshape(b * m, 2, h, w)
-    moved = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.view_as_complex(moved.reshape(b, m, 2, h, w).permute(0, 1, 3, 4, 2).contiguous())
+    # output -> input map in normalised [-1, 1] coords (x = columns, y = rows), pixel centres
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, dtype=torch.float64)
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, dtype=torch.float64)
+    col_x, col_y = cos[:, None] * xs, (sin * w / h)[:, None] * xs  # (B, W)
+    row_x = (-sin * h / w)[:, None] * ys - 2 * shifts[:, 1:2] / w  # (B, H)
+    row_y = cos[:, None] * ys - 2 * shifts[:, 0:1] / h
+    grid = torch.empty(degrees.shape[0], h, w, 2, device=device)
+    f32 = dict(device=device, dtype=torch.float32)
+    torch.add(row_x.to(**f32)[:, :, None], col_x.to(**f32)[:, None, :], out=grid[..., 0])
+    torch.add(row_y.to(**f32)[:, :, None], col_y.to(**f32)[:, None, :], out=grid[..., 1])
+    return grid
 
 
 def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -187,19 +202,25 @@ def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.T
     `times` `(B, M)` sorted fractions in (0, 1): the object takes pose m + 1 after
     time m; the segment that holds the k-space centre keeps the reference pose
     (identity), the others take the rigid poses `degrees`/`shifts` `(B, M)`,
-    `(B, M, 2)`. Returns the image reconstructed from the mixed k-space.
+    `(B, M, 2)`. Returns the image reconstructed from the mixed k-space. One
+    bilinear resampling (real and imaginary as two channels) and one 1-D FFT per
+    movement, each over the whole batch.
     """
     b, m = degrees.shape
-    width = x.shape[-1]
+    h, width = x.shape[-2:]
     line = torch.arange(width, dtype=torch.float64)
     segment = (line[None, :, None] >= times[:, None, :] * width).sum(-1)  # (B, W) in 0..M
     centre = segment[:, width // 2]
     pose = torch.where(segment == centre[:, None], 0, segment + (segment < centre[:, None]).long())  # 0 = reference
-    moved = rigid_moves(x, degrees, shifts)  # (B, M, H, W): poses 1..M
-    spectra = fft_pe(torch.cat([x[:, None], moved], 1))  # (B, M + 1, H, W)
-    pick = pose[:, line_index(width)].to(x.device)  # (B, W) in FFT column order
-    index = pick[:, None, None, :].expand(b, 1, x.shape[-2], width)
-    return ifft_pe(torch.gather(spectra, 1, index)[:, 0])
+    pick = pose[:, line_index(width)]  # (B, W) in FFT column order
+    planes = torch.view_as_real(x).permute(0, 3, 1, 2)  # (B, 2, H, W) view
+    k = fft_pe(x)
+    for move in range(m):
+        grid = rigid_grid(degrees[:, move], shifts[:, move], h, width, x.device)
+        moved = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved_k = fft_pe(torch.view_as_complex(moved.permute(0, 2, 3, 1).contiguous()))
+        k = torch.where((pick == move + 1).to(x.device)[:, None, :], moved_k, k)
+    return ifft_pe(k)
 
 
 @register(ARTIFACTS, "motion", ladder=((1, 1.5, 1.0), (1, 3.0, 2.0), (2, 4.0, 3.0), (2, 6.0, 4.5), (3, 8.0, 6.0)),

@@ -1,18 +1,36 @@
 """How much each severity degrades a slice: NRMSE and SSIM against the clean magnitude.
 
-`ladder_table` measures every artifact's five steps on the built-in phantom
-slices (`phantom`); `mrrobust artifacts` prints it. A ladder is monotone when
-the median NRMSE rises and the median SSIM falls from severity 1 to 5.
+`ladder_table` measures every artifact's five steps on synthetic validation
+slices of our own `synth` data set (`validation_slices`, in memory, no files);
+`mrrobust artifacts` prints it. A ladder is monotone when the median NRMSE rises
+and the median SSIM falls from severity 1 to 5.
 """
 
 from __future__ import annotations
 
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mrrobust.artifacts import SEVERITIES, SUITES, corrupt
-from mrrobust.artifacts.phantom import phantom
+from mrrobust.fft import center_crop
+
+SYNTH_VOLUMES = 8  # volumes planned by `synth.plan_volumes`; its validation split is used
+
+
+def validation_slices(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """`(count, size, size)` complex64 slices of `synth`'s validation volumes, each scaled to max |x| = 1.
+
+    The volumes are planned as `mrrobust synth --volumes 8 --seed SEED` plans them,
+    drawn at `--crop size` and centre-cropped from the acquisition grid to
+    `(size, size)` like `prepare` (noise-free: the artifacts add their own)."""
+    from mrrobust.data.synth import plan_volumes, volume_images
+
+    val = [plan for plan in plan_volumes(SYNTH_VOLUMES, count, seed) if plan.split == "val"]
+    stack = np.concatenate([center_crop(volume_images(plan, count, size), (size, size)) for plan in val])
+    images = stack[np.linspace(0, len(stack) - 1, count).round().astype(int)]  # spread over volumes and positions
+    peak = np.abs(images).max(axis=(-2, -1), keepdims=True)
+    return torch.from_numpy(np.ascontiguousarray(images / peak).astype(np.complex64))
 
 
 def nrmse(clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
@@ -33,31 +51,29 @@ def ssim(clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
     g = _gaussian_window().to(clean.device)
     kernel_rows, kernel_cols = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
 
-    def blur(z):
-        return F.conv2d(F.conv2d(z, kernel_rows), kernel_cols)
-
     x, y = clean.double()[:, None], corrupted.double()[:, None]
     data_range = x.amax(dim=(1, 2, 3), keepdim=True)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    maps = torch.cat([x, y, x * x, y * y, x * y])  # the five local means in one separable blur
+    mx, my, mxx, myy, mxy = F.conv2d(F.conv2d(maps, kernel_rows), kernel_cols).chunk(5)
+    vx, vy, cxy = mxx - mx**2, myy - my**2, mxy - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return s.mean(dim=(1, 2, 3)).float()
 
 
 def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str = "mrrobust") -> list[dict]:
     """Per artifact: ladder, domain, unit and the median NRMSE and SSIM at severities 1..5,
-    over `slices` phantom slices x `repeats` seeds each, plus `monotone`."""
-    clean_c = torch.from_numpy(phantom(slices, size, seed=0)).repeat(repeats, 1, 1)
+    over `slices` synthetic validation slices x `repeats` seeds each, plus `monotone`."""
+    clean_c = validation_slices(slices, size).repeat(repeats, 1, 1)
     clean = clean_c.abs()
     seeds = torch.arange(clean_c.shape[0], dtype=torch.int64) * 7919 + 1
     rows = []
+    steps = range(1, SEVERITIES + 1)
+    reference = clean.repeat(SEVERITIES, 1, 1)
     for name, artifact in SUITES[suite].items():
-        medians_nrmse, medians_ssim = [], []
-        for severity in range(1, SEVERITIES + 1):
-            corrupted = corrupt(clean_c, name, severity, seeds, suite=suite)
-            medians_nrmse.append(float(nrmse(clean, corrupted).median()))
-            medians_ssim.append(float(ssim(clean, corrupted).median()))
+        corrupted = torch.cat([corrupt(clean_c, name, severity, seeds, suite=suite) for severity in steps])
+        medians_nrmse = nrmse(reference, corrupted).view(SEVERITIES, -1).median(dim=1).values.tolist()
+        medians_ssim = ssim(reference, corrupted).view(SEVERITIES, -1).median(dim=1).values.tolist()
         monotone = all(b > a for a, b in zip(medians_nrmse, medians_nrmse[1:])) and all(
             b < a for a, b in zip(medians_ssim, medians_ssim[1:])
         )

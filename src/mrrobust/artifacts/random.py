@@ -9,11 +9,12 @@ the same corruption whatever the batch around it.
 - Small parameter vectors (angles, positions, coefficients) are drawn on the
   CPU in float64 by `uniform` / `normal` and then moved to the device.
 - Large random fields (thermal noise) come from `complex_noise`: a fixed bank of
-  2**k complex standard normals, built once per process by the same hash
-  (Box-Muller) on the CPU and copied to the device, read through a per-sample
-  affine permutation `(i * a + b) mod 2**k` with `a` odd. Within a slice every
-  pixel reads a different bank entry, so the field is i.i.d. N(0, 1) + i N(0, 1);
-  the cost is one gather per pixel, batched, on the device.
+  2**(k+1) complex standard normals, built once per process by the same hash
+  (Box-Muller) on the CPU and copied to the device. Each sample reads one
+  contiguous window of H*W entries starting at its own hashed offset in
+  [0, 2**k), 2**k >= H*W: a row copy, not a per-pixel gather. Within a slice
+  every pixel reads a different bank entry, so the field is i.i.d.
+  N(0, 1) + i N(0, 1); different samples start at independent offsets.
 
 A stream is a stable 32-bit id of a name (`stream("noise")`), never Python's
 salted `hash`.
@@ -45,8 +46,14 @@ def stream(name: str) -> int:
 
 
 def as_seeds(seeds, batch: int) -> torch.Tensor:
-    """Seeds (list, numpy or tensor) -> CPU int64 tensor `(B,)`; ValueError on a wrong length."""
-    t = torch.as_tensor(np.asarray(seeds.cpu() if isinstance(seeds, torch.Tensor) else seeds, dtype=np.int64))
+    """Integer seeds (list, numpy or tensor) -> CPU int64 tensor `(B,)`.
+
+    ValueError on a wrong length and TypeError on non-integer values (floats are
+    refused, not truncated)."""
+    array = np.asarray(seeds.cpu() if isinstance(seeds, torch.Tensor) else seeds)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"seeds must be integers (int64); got dtype {array.dtype}")
+    t = torch.as_tensor(array.astype(np.int64))
     if t.ndim != 1 or t.shape[0] != batch:
         raise ValueError(f"seeds must be one int64 per sample, shape ({batch},); got shape {tuple(t.shape)}")
     return t
@@ -91,27 +98,29 @@ def _bank_bits(size: int) -> int:
 
 
 def noise_bank(log2_size: int, device: torch.device) -> torch.Tensor:
-    """The fixed bank of `2**log2_size` complex64 standard normals (E|z|^2 = 2) on `device`."""
+    """The fixed bank of `2**(log2_size + 1)` complex standard normals (E|z|^2 = 2) on `device`,
+    as float32 `(2 * 2**(log2_size + 1),)` interleaved (real, imaginary)."""
     key = (log2_size, str(device))
     if key not in _BANKS:
         cpu_key = (log2_size, "cpu")
         if cpu_key not in _BANKS:
-            u = (_mix32(torch.arange(2 * 2**log2_size, dtype=torch.int64) ^ stream("noise-bank")).double() + 0.5) / 2.0**32
+            count = 2 ** (log2_size + 1)
+            u = (_mix32(torch.arange(2 * count, dtype=torch.int64) ^ stream("noise-bank")).double() + 0.5) / 2.0**32
             u1, u2 = u[0::2], u[1::2]
             r = torch.sqrt(-2.0 * torch.log(u1))
-            _BANKS[cpu_key] = torch.complex(r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)).to(torch.complex64)
+            pairs = torch.stack([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], -1)
+            _BANKS[cpu_key] = pairs.to(torch.float32).flatten()
         _BANKS[key] = _BANKS[cpu_key].to(device)
     return _BANKS[key]
 
 
 def complex_noise(seeds: torch.Tensor, name: str, shape: tuple[int, int], device) -> torch.Tensor:
-    """`(B, H, W)` complex64 field, real and imaginary parts i.i.d. N(0, 1), identical on every device."""
+    """`(B, H, W, 2)` float32 (real, imaginary) parts, i.i.d. N(0, 1), identical on every device.
+
+    Sample b is the bank window starting at entry `offset_b`, a hash of its seed."""
     h, w = shape
     log2_size = _bank_bits(h * w)
     bank = noise_bank(log2_size, torch.device(device))
-    ab = bits(seeds, name, 2)
-    a = (ab[:, 0] | 1).to(device)[:, None]  # odd -> i -> (a i + b) mod 2**k is a permutation
-    b = ab[:, 1].to(device)[:, None]
-    i = torch.arange(h * w, dtype=torch.int64, device=device)[None, :]
-    index = (i * a + b) & (2**log2_size - 1)
-    return bank[index].reshape(seeds.shape[0], h, w)
+    offset = bits(seeds, name, 1)[:, 0] & (2**log2_size - 1)
+    windows = bank.unfold(0, 2 * h * w, 2)  # (entries - H*W + 1, 2*H*W) view, row i = entries i .. i + H*W - 1
+    return windows[offset.to(device)].reshape(seeds.shape[0], h, w, 2)

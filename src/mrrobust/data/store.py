@@ -70,13 +70,18 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(temp, path)
 
 
-def write_slices_csv(path: Path, rows: list[dict]) -> None:
-    """`rows` (dicts with `SLICE_COLUMNS`) -> `slices.csv`, atomically."""
+def slices_csv_bytes(rows: list[dict]) -> bytes:
+    """`rows` (dicts with `SLICE_COLUMNS`) as the bytes of `slices.csv`."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=SLICE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_bytes_atomic(path, text.getvalue().encode())
+    return text.getvalue().encode()
+
+
+def write_slices_csv(path: Path, rows: list[dict]) -> None:
+    """`rows` (dicts with `SLICE_COLUMNS`) -> `slices.csv`, atomically."""
+    write_bytes_atomic(path, slices_csv_bytes(rows))
 
 
 def read_json(path: Path):
@@ -229,5 +234,8 @@ def weighted_sampler(dataset, generator: torch.Generator | None = None) -> Weigh
     """The study's sampler: weights inverse to the frequency of the NUMBER of positive labels
     on a slice (0..4); draws `len(dataset)` indices with replacement. `dataset` is a
     `SliceDataset` (or anything with `.targets` `(N, 4)`)."""
+    if len(dataset.targets) == 0:
+        split = getattr(dataset, "split", None)
+        raise MrRobustError(f"the {split or 'selected'} split has no slices to sample; prepare more volumes or change --fractions")
     weights = torch.from_numpy(sampler_weights(dataset.targets))
     return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)

@@ -56,9 +56,11 @@ CONTRAST = {
     "lesion": (0.62, 0.92),
 }
 
-# Per-slice prevalence of each target in fastMRI+ knee (REFERENCE s.3), and the real
-# label strings drawn for it with their fastMRI+ box counts as weights.
-PREVALENCE = {"mtear": 0.14, "abnormal": 0.13, "cartilage": 0.09, "acl": 0.04}
+# Per-slice prevalence of each target over all reviewed fastMRI+ knee volumes (REFERENCE s.3:
+# positive slices / the 41,877 slices of single-coil train + val, e.g. mtear 4,858 -> 11.6%),
+# and the real label strings drawn for it with their fastMRI+ box counts as weights.
+PREVALENCE = {"mtear": 0.116, "abnormal": 0.107, "cartilage": 0.071, "acl": 0.034}
+SAME_PATIENT = 0.3  # chance that a volume is the second scan (other contrast) of the previous volume's knee
 LABELS = {
     "mtear": {"Meniscus Tear": 5658},
     "acl": {"Ligament - ACL Low Grade sprain": 765, "Ligament - ACL High Grade Sprain": 678},
@@ -184,13 +186,19 @@ def plan_volumes(volumes: int, slices: int, seed: int) -> list[VolumePlan]:
     mean_run = (2 + max_run) / 2
     plans = []
     for v in range(volumes):
+        paired = len(plans) > 1 and plans[-2].patient_id == plans[-1].patient_id  # at most two scans a knee
+        second_scan = rng.random() < SAME_PATIENT and bool(plans) and not paired  # like PD + PDFS of one knee
+        fat_suppressed = bool(rng.random() < 0.5)
+        patient_id = rng.bytes(32).hex()
+        if second_scan:
+            fat_suppressed, patient_id = not plans[-1].fat_suppressed, plans[-1].patient_id
         plan = VolumePlan(
             volume_id=f"file{ids[v]}",
             split="val" if is_val[v] else "train",
-            fat_suppressed=bool(rng.random() < 0.5),
+            fat_suppressed=fat_suppressed,
             reviewed=v not in unreviewed,
             artifact=v in artifact,
-            patient_id=rng.bytes(32).hex(),
+            patient_id=patient_id,
             pixel_seed=int(rng.integers(2**62)),
             scale=float(INTENSITY * np.exp(rng.normal(0, 0.25))),
             shift=(float(rng.uniform(-10, 10)), float(rng.uniform(-10, 10))),
@@ -270,6 +278,7 @@ SPRAIN_HALF = 7.0
 PCL = ((170.0, 134.0), (214.0, 202.0))
 CARTILAGE = 6.0
 CORTEX = 3.5
+SUBCHONDRAL = 12.0  # depth of the edema under a full-thickness cartilage defect (inside its box)
 
 
 def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, float]]):
@@ -334,7 +343,7 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
     for params, surface, articular, taper in defects:
         if params["full"]:  # subchondral signal under a full-thickness defect
             under = A(np.abs(X - params["x"]) - params["width"] * taper / 2) * articular
-            canvas.paint("edema", A(surface + CORTEX) * A(-(surface + 12)) * under, gain=0.9)
+            canvas.paint("edema", A(surface + CORTEX) * A(-(surface + SUBCHONDRAL)) * under, gain=0.9)
 
     # joint fluid line, menisci, cruciate ligaments
     canvas.paint("fluid", A(_box(X, Y, 150, 186.5, 200, 189.5)) * (1 - notch), gain=0.7)
@@ -406,7 +415,7 @@ def finding_box(finding: Finding, taper: float) -> tuple[float, float, float, fl
         x0, x1 = p["x"] - half, p["x"] + half
         y0, y1 = (176.0, 190.0) if p["surface"] == "femur" else (187.0, 200.0)
         if p["full"]:
-            y0, y1 = (y0 - 8, y1) if p["surface"] == "femur" else (y0, y1 + 8)
+            y0, y1 = (y0 - SUBCHONDRAL, y1) if p["surface"] == "femur" else (y0, y1 + SUBCHONDRAL)
     else:
         a, b = p["a"] * taper, p["b"] * taper
         x0, x1, y0, y1 = p["x"] - a, p["x"] + a, p["y"] - b, p["y"] + b
