@@ -105,6 +105,10 @@ def artifacts(
     if suite not in ("mrrobust", "study"):
         raise MrRobustError(f"unknown suite {suite!r}; choose mrrobust or study")
     table = Table(title=f"artifacts (suite {suite}; median over synth validation slices at {size} px; severity 1..5)")
+    if suite == "study":
+        from mrrobust.artifacts.study import TABLE_NOTE
+
+        table.caption = TABLE_NOTE
     for column in ("artifact", "domain", "ladder (unit)", "NRMSE 1..5", "SSIM 1..5", "monotone"):
         table.add_column(column)
     for row in ladder_table(size=size, suite=suite):

@@ -61,8 +61,8 @@ def gallery(image: torch.Tensor, out: Path, title: str = "", suite: str = "mrrob
     for name in names:
         lookup(name, suite)
     out = Path(out)
-    if not out.parent.exists():
-        raise MrRobustError(f"folder {out.parent} does not exist; create it or choose another --out")
+    if not out.parent.is_dir():
+        raise MrRobustError(f"folder {out.parent} does not exist (or is not a folder); create it or choose another --out")
     x = torch.as_tensor(image)[None]
     seeds = torch.tensor([seed])
     vmax = float(np.percentile(x.abs().numpy(), 99.5)) or 1.0
@@ -87,5 +87,6 @@ def gallery(image: torch.Tensor, out: Path, title: str = "", suite: str = "mrrob
         raise MrRobustError(f"cannot write {out}: {err.strerror or err}; choose a writable --out") from None
     finally:
         plt.close(fig)
-        temp.unlink(missing_ok=True)
+        if temp.is_file():
+            temp.unlink()
     return out

@@ -148,7 +148,8 @@ def contrast(x, level, seeds):
     Another scanner, coil or protocol (TR, TE, receiver gain, vendor
     post-processing) changes intensities globally: m -> gain * M (m / M)**gamma,
     M the slice maximum, with gamma = exp(+-a) and gain = exp(+-b), signs drawn per
-    sample (the simplest scanner shift; Perez-Garcia et al., torchio RandomGamma).
+    sample (the simplest scanner shift; Perez-Garcia et al., "TorchIO", Comput.
+    Methods Programs Biomed. 2021, RandomGamma).
     """
     log_gamma, log_gain = level
     signs = torch.where(rnd.uniform(seeds, "contrast-signs", (2,)) < 0.5, -1.0, 1.0).double()

@@ -104,8 +104,9 @@ def ghosting(x, level, seeds):
     odd/even echo mismatch in EPI or periodic (cardiac, respiratory) signal
     change. A k-space modulation with period P lines puts P - 1 ghosts of the
     object at shifts of W/P along phase encoding; P = 2 is the N/2 ghost
-    (Haacke et al., Magnetic Resonance Imaging, 1999, ch. 15; McRobbie et al.,
-    MRI from Picture to Proton, ch. 8).
+    (Haacke et al., Magnetic Resonance Imaging: Physical Principles and
+    Sequence Design, Wiley 1999; McRobbie et al., MRI from Picture to Proton,
+    Cambridge University Press, artefacts chapter).
     """
     period, magnitude = level
     b, width = x.shape[0], x.shape[-1]
@@ -232,8 +233,8 @@ def motion(x, level, seeds):
     times uniform in (0.1, 0.9), to a new rigid pose (rotation uniform in
     +-degrees about the centre, translation uniform in +-shift % of the field of
     view in each axis). Each contiguous block of lines comes from the image in
-    its pose (Shaw et al., "MRI k-space motion artefact augmentation", MIDL
-    2019); the block that holds the k-space centre is the reference pose. A
+    its pose (Shaw et al., "MRI k-space motion artefact augmentation: model
+    robustness and task-specific uncertainty", MIDL 2019); the block that holds the k-space centre is the reference pose. A
     rigidly moved copy alone (torchio on 2-D slices) has no such artifact.
     """
     moves, max_degrees, max_shift = level
@@ -308,7 +309,9 @@ def gibbs(x, level, seeds):
 
     A finite acquisition matrix multiplies k-space by a box; in image space every
     edge is convolved with a sinc, with overshoot (about 9 %) and ripples spaced
-    by the new pixel size (Gibbs phenomenon; Haacke et al. 1999, ch. 13).
+    by the new pixel size (Gibbs phenomenon; Haacke et al., Magnetic Resonance
+    Imaging: Physical Principles and Sequence Design, Wiley 1999, on data
+    truncation).
     Deterministic: the same for every seed.
     """
     return truncate(x, level)

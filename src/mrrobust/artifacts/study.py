@@ -54,6 +54,10 @@ from mrrobust.artifacts.kspace import add_complex_noise, add_spikes, magnitude_s
 from mrrobust.artifacts.registry import STUDY, register
 
 LEVELS = (1, 2, 3, 4, 5)
+TABLE_NOTE = ("study suite: torchio draws each parameter uniformly up to the bound set by p, so p widens a "
+              "distribution rather than grading one corruption; spike (up to p x the spectrum peak) and bias field "
+              "(exp of coefficients up to +-p) are extreme from p = 2, and motion saturates early (slow rise). "
+              "Motion shifts are 2p px of a 320 px slice, scaled to the slice size.")
 
 
 @register(STUDY, "noise", ladder=LEVELS, domain="k-space", unit="p: sigma = p % of slice max")
