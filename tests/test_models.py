@@ -171,3 +171,60 @@ def test_pickles_and_foreign_files_are_refused(tmp_path):
         load(tmp_path)
     with pytest.raises(MrRobustError, match="does not exist"):
         load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("impl", sorted(GROUP_NORM_IMPLS))
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_group_norm_is_stable_at_large_offsets(impl, offset):
+    """Unnormalised MR intensities: mean/std up to 1e4 must not wreck the statistics
+    (E[x^2] - E[x]^2 in float32 was off by 0.36 at 1e3). Reference: float64."""
+    torch.manual_seed(0)
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 16, 12, 10) * torch.rand(1, 16, 1, 1).add(0.5) + offset
+    weight, bias = torch.randn(16), torch.randn(16)
+    want = F.group_norm(x.double(), 4, weight.double(), bias.double(), 1e-5)
+    ours = GroupNorm(4, 16, impl)
+    ours.load_state_dict({"weight": weight, "bias": bias})
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = ours(x.contiguous(memory_format=layout)).double()
+        # float32 input quantisation alone is offset * 6e-8 relative to a unit std
+        assert (got - want).abs().max() < offset * 1e-6, (impl, layout)
+    compiled = torch.compile(ours, backend="aot_eager")  # `auto` takes the `sums` path here
+    torch._dynamo.reset()
+    got = compiled(x.contiguous(memory_format=torch.channels_last)).double()
+    assert (got - want).abs().max() < offset * 1e-6, impl
+
+
+def test_load_refuses_weights_that_do_not_fit_the_config(tmp_path):
+    model = trained_model()
+    save(model, {"model": model_config(norm="batch", width=8)}, tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["width"] = 16  # same keys, other shapes
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(MrRobustError, match=r"does not match its config.json .*other shape"):
+        load(tmp_path)
+    config["model"]["depth"] = 34  # more blocks: missing keys
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(MrRobustError, match=r"missing \['stages"):
+        load(tmp_path)
+    for bad in ([1, 2], "preact_resnet", {"width": "wide"}):
+        config["model"] = bad
+        config_path.write_text(json.dumps(config))
+        with pytest.raises(MrRobustError, match="cannot build a model"):
+            load(tmp_path)
+
+
+def test_atomic_write_leaves_no_temporary_file_on_failure(tmp_path):
+    from mrrobust.models import atomic_write
+
+    def failing(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "x.json", failing)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(tmp_path / "x.json", lambda p: p.write_text("whole"))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

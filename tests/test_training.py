@@ -3,8 +3,11 @@
 import json
 import math
 import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +20,20 @@ from typer.testing import CliRunner
 from mrrobust.cli import app
 from mrrobust.data.annotations import LABELS
 from mrrobust.data.store import (STORE_FORMAT, STORE_VERSION, SliceDataset, save_npy_atomic,
-                                 write_json_atomic, write_slices_csv)
+                                 slice_seed, write_json_atomic, write_slices_csv)
 from mrrobust.errors import MrRobustError
 from mrrobust.metrics import auc, operating_point
 from mrrobust.models import load, positive_probability
-from mrrobust.training import EpochSampler, ShardSampler, train
+from mrrobust.training import (Classifier, EpochSampler, SeededSlices, ShardSampler, epoch_seed,
+                               train)
 
 FAST = dict(width=8, groups=4, batch_size=8, workers=0, lr=1e-3, quiet=True, limit_train_batches=4)
 
 
 def write_store(out: Path, splits=None, slices=4, size=32, seed=0, val_negative=(),
-                version=STORE_VERSION) -> Path:
+                version=STORE_VERSION, train_negative=()) -> Path:
     """A STORE whose label k brightens one quadrant: learnable in an epoch or two.
-    `val_negative` labels have no positives in the validation split."""
+    `val_negative` (`train_negative`) labels have no positives in the validation (train) split."""
     splits = splits or {"train": 6, "val": 4}
     (out / "volumes").mkdir(parents=True)
     rng, rows, volume = np.random.default_rng(seed), [], 0
@@ -37,8 +41,8 @@ def write_store(out: Path, splits=None, slices=4, size=32, seed=0, val_negative=
         for _ in range(count):
             name, volume = f"file{1000000 + volume}", volume + 1
             targets = (rng.random((slices, len(LABELS))) < 0.4).astype(int)
-            if split == "val":
-                targets[:, [LABELS.index(label) for label in val_negative]] = 0
+            negative = {"val": val_negative, "train": train_negative}.get(split, ())
+            targets[:, [LABELS.index(label) for label in negative]] = 0
             images = rng.normal(size=(slices, size, size, 2)).astype(np.float32).view(np.complex64)[..., 0]
             half = size // 2
             for s, k in zip(*np.nonzero(targets)):
@@ -118,18 +122,20 @@ def test_epoch_sampler_depends_on_seed_and_epoch_only_and_shards_for_ddp(monkeyp
     weights = torch.tensor([1.0, 1.0, 4.0, 0.0, 2.0])
     sampler = EpochSampler(5, seed=3, weights=weights)
     sampler.set_epoch(1)
-    first = list(sampler)
+    keys = list(sampler)
+    assert {epoch for _, epoch in keys} == {1}  # the epoch travels with each index
+    first = [index for index, _ in keys]
     other = EpochSampler(5, seed=3, weights=weights)
     other.set_epoch(1)
-    assert list(other) == first and 3 not in first  # zero weight never drawn
+    assert list(other) == keys and 3 not in first  # zero weight never drawn
     other.set_epoch(2)
-    assert list(other) != first
+    assert [index for index, _ in other] != first
     import mrrobust.training as training
 
     shards = []
     for rank in range(2):
         monkeypatch.setattr(training, "_rank_and_world", lambda rank=rank: (rank, 2))
-        shards.append(list(sampler))
+        shards.append([index for index, _ in sampler])
         assert len(shards[-1]) == len(sampler) == 3
     assert sorted(shards[0][:3] + shards[1][:2]) == sorted(first)  # the single-process draw
     monkeypatch.setattr(training, "_rank_and_world", lambda: (1, 2))
@@ -244,6 +250,12 @@ def test_bad_input_is_one_line(store, tmp_path):
         "too many gpus": ([store, "--accelerator", "gpu", "--devices", "64"], "more GPUs"),
         "unknown norm": ([store, "--norm", "weight"], "unknown norm"),
         "compile on cpu": ([store, "--compile", "--accelerator", "cpu"], "--compile is for GPUs"),
+        "negative lr": ([store, "--lr", "-1"], "--lr -1.0 must be a positive finite number"),
+        "nan lr": ([store, "--lr", "nan"], "must be a positive finite number"),
+        "negative weight decay": ([store, "--weight-decay", "-1e-4"], "--weight-decay -0.0001"),
+        "seed out of range": ([store, "--seed", "-1"], "--seed -1 must be in"),
+        "zero patience": ([store, "--patience", "0"], "--patience 0 must be >= 1"),
+        "zero batches": ([store, "--limit-train-batches", "0"], "--limit-train-batches 0"),
     }
     for name, (args, message) in cases.items():
         out = tmp_path / name.replace(" ", "_")
@@ -265,11 +277,21 @@ def test_bad_stores_and_runs(tmp_path, store):
         train(hopeless, tmp_path / "r3", "batch", **FAST)
     run = tmp_path / "run"
     train(store, run, "batch", max_epochs=1, **FAST)
-    with pytest.raises(MrRobustError, match="already exists"):
+    with pytest.raises(MrRobustError, match="already holds a finished run; show it with --resume"):
         train(store, run, "batch", max_epochs=1, **FAST)
+    with pytest.raises(MrRobustError, match="already holds an unfinished run .1 of 2 epochs.; "
+                                            "continue it with --resume"):
+        train(store, run, "batch", max_epochs=2, **FAST)
     with pytest.raises(MrRobustError, match=r"other settings \(lr 0.001 -> 0.01\)"):
         train(store, run, "batch", max_epochs=2, resume=True, **dict(FAST, lr=1e-2))
+    with pytest.raises(MrRobustError, match=r"other settings \(lr 0.001 -> 0.01\)"):
+        train(store, run, "batch", max_epochs=2, **dict(FAST, lr=1e-2))
     assert len(read_metrics(run)) == 1
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(MrRobustError, match="holds no RUN"):
+        train(store, foreign, "batch", **FAST)
 
 
 # ---- DDP ----------------------------------------------------------------------------------
@@ -291,3 +313,166 @@ def test_two_process_cpu_ddp(store, tmp_path):
     assert 0 <= float(row["val_auc_mean"]) <= 1
     model, config = load(run)
     assert config["training"]["devices"] == 2
+
+
+# ---- re-running into a RUN: kill and resume, finished runs, restarts -----------------------
+
+KILL_FLAGS = ["--norm", "group", "--groups", "4", "--width", "8", "--batch-size", "8",
+              "--workers", "0", "--lr", "1e-3", "--limit-train-batches", "3",
+              "--limit-val-batches", "3", "--max-epochs", "6", "--patience", "6", "--seed", "2"]
+
+
+def cli(*args, quiet=True) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrrobust.cli", "train", *map(str, args), *(["--quiet"] * quiet)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(store, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(store, straight, "group", width=8, groups=4, batch_size=8, workers=0, lr=1e-3,
+          limit_train_batches=3, limit_val_batches=3, max_epochs=6, patience=6, seed=2, quiet=True)
+    process = cli("--data", store, "--out", killed, *KILL_FLAGS)
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # the checkpoint of epoch 0 exists, the run goes on
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the run ended before the kill landed"
+    assert checkpoint.exists()
+    assert len(read_metrics(killed)) < 6
+    # a plain re-run refuses to overwrite it and says how to continue
+    plain = cli("--data", store, "--out", killed, *KILL_FLAGS)
+    _, err = plain.communicate(timeout=240)
+    assert plain.returncode == 2 and "unfinished run" in err and "--resume" in err, err
+    resumed = cli("--data", store, "--out", killed, *KILL_FLAGS, "--resume", quiet=False)
+    out, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err[-3000:]
+    assert out.count("\n") == 1 and "6 epochs" in out, out  # progress bar on stderr, not here
+    assert "Tip" not in err and "litlogger" not in err
+    for name in ("metrics.csv", "operating_points.json", "model.safetensors"):
+        assert (killed / name).read_bytes() == (straight / name).read_bytes(), name
+    assert json.loads((killed / "config.json").read_text())["training"]["precision"] == "32"
+
+
+def test_checkpoint_is_written_after_every_epoch(store, tmp_path, monkeypatch):
+    import mrrobust.training as training
+
+    seen = []
+    original = training.RunWriter.on_train_epoch_end
+
+    def spy(self, trainer, module):
+        original(self, trainer, module)
+        state = training._read_run_state(self.checkpoint)
+        seen.append((trainer.current_epoch, state["epochs"], len(state["history"])))
+
+    monkeypatch.setattr(training.RunWriter, "on_train_epoch_end", spy)
+    train(store, tmp_path / "run", "batch", max_epochs=2, **FAST)
+    assert seen == [(0, 1, 1), (1, 2, 2)]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp*"))
+
+
+def test_resuming_a_finished_run_returns_its_summary_without_training(store, tmp_path):
+    run = tmp_path / "run"
+    first = train(store, run, "batch", max_epochs=2, **FAST)
+    files = {name: (run / name).read_bytes() for name in
+             ("metrics.csv", "model.safetensors", "operating_points.json", "config.json",
+              "checkpoints/last.ckpt")}
+    again = train(store, run, "batch", max_epochs=2, resume=True, **FAST)
+    fewer = train(store, run, "batch", max_epochs=1, resume=True, **FAST)
+    assert again == fewer == first and first["epochs"] == 2 and not first["stopped_early"]
+    assert {name: (run / name).read_bytes() for name in files} == files
+    # a learning rate too small to change the ranking: no better AUC, early stop at epoch 1
+    stopped = tmp_path / "stopped"
+    slow = dict(FAST, lr=1e-12)
+    summary = train(store, stopped, "group", max_epochs=6, patience=1, **slow)
+    assert summary["stopped_early"] and summary["epochs"] == 2
+    weights = (stopped / "model.safetensors").read_bytes()
+    assert train(store, stopped, "group", max_epochs=9, patience=1, resume=True, **slow) == summary
+    assert (stopped / "model.safetensors").read_bytes() == weights
+    assert len(read_metrics(stopped)) == 2
+
+
+def test_run_that_died_in_its_first_epoch_restarts(store, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def crash(self, batch, batch_index):
+        raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Classifier, "training_step", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(store, run, "batch", max_epochs=1, **FAST)
+    assert (run / "config.json").is_file() and not (run / "checkpoints" / "last.ckpt").exists()
+    (run / "metrics.csv").write_text("stale\n")  # what a run killed after validation leaves
+    train(store, run, "batch", max_epochs=1, **FAST)  # no --resume needed
+    assert len(read_metrics(run)) == 1
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    assert train(store, run, "batch", max_epochs=1, resume=True, **FAST)["epochs"] == 1
+
+
+# ---- design: step logic in the module, files by the callback; defaults; ranks --------------
+
+
+def test_the_lightning_module_writes_nothing(store, tmp_path):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from mrrobust.models import model_config
+
+    config = {"model": model_config(norm="batch", width=8),
+              "training": {"lr": 1e-3, "weight_decay": 0.0, "compile": False}}
+    module = Classifier(config)
+    data = SeededSlices(SliceDataset(store, "val"), seed=0)
+    loader = DataLoader(data, batch_size=8)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2,
+                         limit_val_batches=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path / "root", num_sanity_val_steps=0)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        trainer.fit(module, loader, loader)
+    finally:
+        os.chdir(cwd)
+    assert list(tmp_path.iterdir()) == []
+    assert set(module.validation["row"]) >= {"epoch", "val_auc_mean"}
+
+
+def test_batches_carry_the_augmentation_seeds(store):
+    slices = SliceDataset(store, "train")
+    seeded = SeededSlices(slices, seed=5)
+    image, target, index, seed = seeded[(3, 2)]
+    assert index == 3 and seed == slice_seed(slices.slice_ids[3], 5 * 1_000_003 + 2)
+    assert seed == slice_seed(slices.slice_ids[3], epoch_seed(5, 2))
+    assert torch.equal(image, slices[3][0])
+    sampler = EpochSampler(len(slices), seed=5)
+    sampler.set_epoch(2)
+    batch = next(iter(torch.utils.data.DataLoader(seeded, sampler=sampler, batch_size=4)))
+    assert batch[3].dtype == torch.int64 and batch[3].shape == (4,)
+    assert batch[3].tolist() == [slice_seed(slices.slice_ids[i], epoch_seed(5, 2))
+                                 for i in batch[2].tolist()]
+
+
+def test_rank_one_checks_too_and_writes_nothing(tmp_path, store, monkeypatch):
+    no_val = write_store(tmp_path / "noval", splits={"train": 2})
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(MrRobustError, match="the val split has no slices"):
+        train(no_val, tmp_path / "r", "batch", **FAST)
+    with pytest.raises(MrRobustError, match="must be a positive finite number"):
+        train(store, tmp_path / "r", "batch", **dict(FAST, lr=-1.0))
+    assert not (tmp_path / "r").exists()
+
+
+def test_files_are_world_readable_and_train_labels_without_positives_warn(tmp_path, caplog):
+    store = write_store(tmp_path / "store", train_negative=("mtear",))
+    with caplog.at_level("WARNING", logger="mrrobust.training"):
+        train(store, tmp_path / "run", "batch", max_epochs=1, **FAST)
+    assert "no positive training slices for mtear;" in caplog.text
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "metrics.csv", "operating_points.json", "config.json"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o666 & ~umask, name

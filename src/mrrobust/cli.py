@@ -152,14 +152,16 @@ def train(
     seed: int = typer.Option(0, help="Seeds every generator and data-loader worker."),
     weighted_sampler: bool = typer.Option(True, "--weighted-sampler/--uniform-sampler", help="The study's sampler (inverse frequency of the number of positive labels) or uniform shuffling."),
     augment: Optional[str] = typer.Option(None, help="Train-time artifacts ARTIFACT[:MAXSEV],... (e.g. noise:3,motion): per slice and epoch one artifact at a random severity <= MAXSEV, on the batch's device."),
-    precision: str = typer.Option("32", help="32, bf16-mixed or 16-mixed (GPU)."),
+    precision: str = typer.Option("auto", help="auto (bf16-mixed on a GPU, 32 on the CPU), 32, bf16-mixed or 16-mixed (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network."),
     accelerator: str = typer.Option("auto", help="auto, cpu or gpu."),
     devices: int = typer.Option(1, help="Devices per node (>1: DDP; batch norm becomes SyncBatchNorm on GPUs)."),
     num_nodes: int = typer.Option(1, help="Nodes for multi-node DDP."),
     workers: int = typer.Option(2, help="Data-loader worker processes."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or Lightning banners."),
+    limit_train_batches: Optional[int] = typer.Option(None, help="Train on at most this many batches per epoch (quick checks)."),
+    limit_val_batches: Optional[int] = typer.Option(None, help="Validate on at most this many batches per epoch (quick checks)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a finished run: show its summary)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar, model summary or Lightning banners."),
 ):
     """Train one classifier on a STORE and write a RUN folder."""
     from mrrobust.training import train as train_run
@@ -169,6 +171,7 @@ def train(
         batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
         weighted_sampler=weighted_sampler, augment=augment, precision=precision, compile=compile,
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, workers=workers,
+        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
         resume=resume, quiet=quiet)
     if summary is not None:
         print(f"{summary['run']}: {summary['epochs']} epochs, best epoch {summary['best_epoch']} "

@@ -7,8 +7,13 @@
 Anatomy is drawn in the fastMRI+ annotation frame (the up/down flipped 320x320
 image: femur on top, anterior on the left), in "units" of 1/320 of the
 reconstructed field of view, with anti-aliased signed-distance shapes on the
-2x readout-oversampled acquisition grid `(2*crop, W)`. Each tissue has a
-proton-density (CORPD_FBK) and a fat-suppressed (CORPDFS_FBK) intensity.
+2x readout-oversampled acquisition grid `(2*crop, W)`: a femoral shaft that
+widens smoothly into rounded condyles, a tibial plateau over a flared
+metaphysis, an oval patella. Each tissue has a proton-density (CORPD_FBK) and a
+fat-suppressed (CORPDFS_FBK) intensity, modulated by band-limited random
+textures seen through the voxel (trabecular marrow, striated muscle, slowly
+varying fat), and the painted slice is blurred by a Gaussian of `EDGE_BLUR`
+units so that tissue edges are not binary.
 Findings are drawn as localized, label-specific lesions inside the box that
 the annotation row records, over a few consecutive slices.
 
@@ -250,20 +255,42 @@ def _triangle(X, Y, pts):
     return d
 
 
-class _Canvas:
-    """A magnitude image painted back to front with anti-aliased shapes."""
+def _smooth_min(a, b, k):
+    """Union of two signed distances with a rounded fillet of about `k` units where they meet."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1.0 - h)
 
-    def __init__(self, shape, pixel, fat_suppressed):
+
+def _smoothstep(start, stop, x):
+    """0 before `start`, 1 after `stop`, a smooth cubic in between."""
+    t = np.clip((x - start) / (stop - start), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _capped_column(X, Y, cx, half, top, radius):
+    """Signed distance to a vertical column `|X - cx| <= half` below `Y = top`, its top corners
+    rounded by `radius`; `cx` and `half` may vary with Y (then the distance is approximate)."""
+    qx, qy = np.abs(X - cx) - (half - radius), (top + radius) - Y
+    return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - radius
+
+
+class _Canvas:
+    """A magnitude image painted back to front with anti-aliased shapes.
+
+    `texture` maps a tissue to a multiplicative gain `(H, W)` applied wherever it is painted."""
+
+    def __init__(self, shape, pixel, fat_suppressed, texture=None):
         self.image = np.zeros(shape, np.float32)
         self.pixel = pixel  # units per pixel
         self.column = 1 if fat_suppressed else 0
+        self.texture = texture or {}
 
     def alpha(self, distance):
         """Coverage of a pixel by the shape `distance <= 0`, linear over one pixel."""
         return np.clip(0.5 - distance / self.pixel, 0.0, 1.0).astype(np.float32)
 
     def paint(self, tissue, alpha, gain=1.0):
-        value = np.float32(CONTRAST[tissue][self.column] * gain)
+        value = np.float32(CONTRAST[tissue][self.column] * gain) * self.texture.get(tissue, np.float32(1.0))
         self.image += alpha * (value - self.image)
 
 
@@ -277,7 +304,8 @@ SPRAIN = (0.4, 0.9)  # the part of the ACL (fractions of its length) a sprain sw
 SPRAIN_HALF = 7.0
 PCL = ((170.0, 134.0), (214.0, 202.0))
 CARTILAGE = 6.0
-CORTEX = 3.5
+CORTEX = 3.5  # cortical bone under the joint; the shafts' cortex is thicker
+SHAFT_CORTEX = 3.0  # extra cortex far up the femur and far down the tibia
 SUBCHONDRAL = 12.0  # depth of the edema under a full-thickness cartilage defect (inside its box)
 
 
@@ -312,9 +340,7 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
     canvas.paint("tendon", A(_segment(X, Y, (62, 156), (102, 246), 3.5)))  # patellar
 
     # bones with articular cartilage: femur, tibia, patella
-    condyle_b = 45 - 22 * notch
-    femur = np.minimum(_box(X, Y, 128, -400, 208, 130), _ellipse(X, Y, 168, 135, 52 * (1 - 0.08 * z * z), condyle_b))
-    tibia = np.minimum(_box(X, Y, 112, 195, 232, 262, 12), _box(X, Y, 136, 230, 210, 700, 6))
+    femur, tibia, cortex = _bones(X, Y, z, notch)
     patella = _ellipse(X, Y, 64, 125, 13, 30)
     articular_femur = A(120 - Y) * (1 - notch)
     articular_tibia = A(Y - 199) * A(118 - X) * A(X - 226)
@@ -327,9 +353,9 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
         defects.append((f.params, femur if on_femur else tibia, A(150 - Y) if on_femur else A(Y - 210), taper))
     for params, surface, articular, taper in defects:
         _cartilage_defect(canvas, X, Y, surface, params, taper, articular)
-    for bone in (femur, tibia, patella):
+    for bone, thickness in ((femur, cortex["femur"]), (tibia, cortex["tibia"]), (patella, CORTEX)):
         canvas.paint("cortex", A(bone))
-        canvas.paint("marrow", A(bone + CORTEX))
+        canvas.paint("marrow", A(bone + thickness))
     marrow = A(np.minimum(femur, tibia) + CORTEX)
     for f, taper in by_kind.get("edema", []) + by_kind.get("fracture", []) + by_kind.get("lesion", []):
         p = f.params
@@ -358,6 +384,26 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
     canvas.paint("ligament", A(_segment(X, Y, *ACL, 4.5)) * ligaments_seen)
     for f, _ in by_kind.get("acl", []):
         _acl_sprain(canvas, X, Y, f.params, ligaments_seen)
+
+
+def _bones(X, Y, z: float, notch: float):
+    """Signed distances (units) to femur and tibia, and their cortex thickness `(H, W)`.
+
+    Femur: a shaft, a little anterior to the condyles, widening smoothly (metaphyseal flare)
+    into a rounded condyle with a posterior bulge, smaller in the intercondylar notch.
+    Tibia: a plateau at Y = 195 with rounded corners over a flared metaphysis that narrows
+    to the shaft, with the tibial tubercle in front."""
+    flare = _smoothstep(20.0, 128.0, Y)
+    shaft = np.maximum(np.abs(X - (160.0 + 8.0 * flare)) - (31.0 + 17.0 * flare), Y - 135.0)
+    condyle_b = 45 - 22 * notch
+    condyle = _smooth_min(_ellipse(X, Y, 168, 135, 52 * (1 - 0.08 * z * z), condyle_b),
+                          _ellipse(X, Y, 194, 132, 34, max(10.0, condyle_b - 9)), 10.0)
+    femur = _smooth_min(shaft, condyle, 14.0)
+    half = 37.0 + 23.0 * (1.0 - _smoothstep(212.0, 290.0, Y))
+    tibia = _smooth_min(_capped_column(X, Y, 172.0, half, 195.0, 11.0), _ellipse(X, Y, 134, 262, 9, 24), 18.0)
+    cortex = {"femur": CORTEX + SHAFT_CORTEX * (1.0 - _smoothstep(-40.0, 100.0, Y)),
+              "tibia": CORTEX + SHAFT_CORTEX * _smoothstep(250.0, 330.0, Y)}
+    return femur, tibia, cortex
 
 
 def _tear_line(X, Y, pts, angle, pixel):
@@ -458,14 +504,67 @@ def _knee_coordinates(plan: VolumePlan, crop: int, width: int):
     return np.broadcast_to(X, (height, width)).astype(np.float32), np.broadcast_to(Y, (height, width)).astype(np.float32)
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cycles: float) -> np.ndarray:
-    """Zero-mean, unit-std random field with features about `1/cycles` of the field of view."""
+def _random_field(rng: np.random.Generator, shape: tuple[int, int], pixel: float, ring: float, width: float,
+                  stretch: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Gaussian random field `(H, W)` as voxels of `pixel` units see it.
+
+    Its spectrum is a ring of radius `ring` and std `width` (cycles per unit) in frequencies
+    scaled by `stretch` = (along rows Y, along columns X): stretch (4, 1) gives features 4x
+    longer along Y. The std is 1 when the voxels resolve the features and falls as box
+    voxels average them out (a coarse crop sees a faint texture, not pixel noise)."""
     h, w = shape
-    fy, fx = np.fft.fftfreq(h)[:, None] * h, np.fft.fftfreq(w)[None, :] * w
-    spectrum = np.exp(-(fy**2 + fx**2) / (2 * cycles**2))
-    noise = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
-    field = np.fft.ifft2(noise * spectrum).real
-    return (field / (field.std() + 1e-12)).astype(np.float32)
+    fy, fx = np.fft.fftfreq(h, d=pixel)[:, None], np.fft.rfftfreq(w, d=pixel)[None, :]
+    rho = np.hypot(fy * stretch[0], fx * stretch[1])
+    spectrum = np.exp(-(((rho - ring) / width) ** 2) / 2) * np.sinc(fy * pixel) * np.sinc(fx * pixel)
+    r = np.linspace(0.0, ring + 8 * width, 2048)  # power of the unfiltered spectrum, over the plane
+    power = np.trapezoid(np.exp(-(((r - ring) / width) ** 2)) * 2 * np.pi * r, r) / (stretch[0] * stretch[1])
+    field = np.fft.irfft2(np.fft.rfft2(rng.standard_normal(shape)) * spectrum, s=shape)
+    return (field / (pixel * math.sqrt(power))).astype(np.float32)
+
+
+@dataclass
+class _Texture:
+    """A tissue texture that drifts smoothly from slice to slice: a gain of mean about 1.
+
+    Plain: 1 + amplitude * 2 tanh(field / 2) (the field's rare peaks squashed to 2).
+    Ridged: dark lines (trabeculae) where the field crosses zero, 1 - amplitude at their
+    centre, divided by its mean; voxels too coarse to resolve the lines see them as uniform."""
+
+    fields: tuple[np.ndarray, np.ndarray]
+    amplitude: float
+    ridged: bool = False
+
+    def gain(self, angle: float) -> np.ndarray:
+        field = math.cos(angle) * self.fields[0] + math.sin(angle) * self.fields[1]
+        if not self.ridged:
+            return 1 + self.amplitude * 2 * np.tanh(field / 2)
+        gain = 1 - self.amplitude * np.clip(1 - np.abs(field) / RIDGE, 0.0, 1.0)
+        return gain / gain.mean()
+
+
+RIDGE = 0.6  # half width of a trabecular line, in field std
+EDGE_BLUR = 1.0  # std (units) of the Gaussian that softens tissue edges: about a pixel at crop 320
+SLICE_DRIFT = 0.5  # how far (radians) each texture turns between its two fields from one slice to the next
+
+
+def _tissue_textures(rng: np.random.Generator, shape, pixel: float) -> dict[str, list[_Texture]]:
+    """Per tissue, the textures that multiply its intensity (band-limited noise, see `_random_field`)."""
+    def pair(ring, width, stretch=(1.0, 1.0)):
+        return tuple(_random_field(rng, shape, pixel, ring, width, stretch) for _ in range(2))
+
+    smooth = _Texture(pair(0.0, 1 / 90), 0.04)  # slow signal variation across fat and muscle
+    return {
+        "marrow": [_Texture(pair(1 / 8, 1 / 20, (1.4, 1.0)), 0.3, ridged=True), _Texture(pair(0.0, 1 / 30), 0.05)],
+        "muscle": [_Texture(pair(1 / 6, 1 / 14, (0.2, 1.0)), 0.08), smooth],  # fibres run along the leg
+        "fat": [_Texture(pair(1 / 6, 1 / 14), 0.02), smooth],
+    }
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of `(H, W)` with std `sigma` pixels (periodic, through the FFT)."""
+    fy, fx = np.fft.fftfreq(image.shape[0])[:, None], np.fft.rfftfreq(image.shape[1])[None, :]
+    kernel = np.exp(-2 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))
+    return np.fft.irfft2(np.fft.rfft2(image) * kernel, s=image.shape).astype(np.float32)
 
 
 def volume_images(plan: VolumePlan, slices: int, crop: int) -> np.ndarray:
@@ -473,18 +572,24 @@ def volume_images(plan: VolumePlan, slices: int, crop: int) -> np.ndarray:
     width = acquisition_width(crop)
     X, Y = _knee_coordinates(plan, crop, width)
     rng = np.random.default_rng([plan.pixel_seed, 1])
-    texture = 1 + 0.05 * _smooth_field(rng, X.shape, 6.0)
-    yn, xn = np.linspace(-1, 1, X.shape[0])[:, None], np.linspace(-1, 1, X.shape[1])[None, :]
     pixel = FRAME / crop / plan.zoom
+    shading = 1 + 0.05 * _random_field(rng, X.shape, pixel, 0.0, 1 / 60)  # receive-field shading
+    textures = _tissue_textures(rng, X.shape, pixel)
+    start = rng.uniform(0, 2 * np.pi)
+    yn, xn = np.linspace(-1, 1, X.shape[0])[:, None], np.linspace(-1, 1, X.shape[1])[None, :]
     z = _slice_z(slices)
     images = np.empty((slices, *X.shape), np.complex64)
     for s in range(slices):
-        canvas = _Canvas(X.shape, pixel, plan.fat_suppressed)
+        angle = start + SLICE_DRIFT * s
+        gains = {tissue: math.prod((t.gain(angle) for t in ts), start=np.float32(1.0))
+                 for tissue, ts in textures.items()}
+        canvas = _Canvas(X.shape, pixel, plan.fat_suppressed, gains)
         here = [(f, _taper(f.slices.index(s), len(f.slices))) for f in plan.findings if s in f.slices]
         _knee_layers(canvas, X, Y, float(z[s]), here)
         c = rng.normal(0, 1, 5) * (np.pi, 0.8, 0.8, 0.5, 0.5)
         phase = c[0] + c[1] * xn + c[2] * yn + c[3] * xn * xn + c[4] * yn * yn
-        images[s] = canvas.image * texture * plan.scale * np.exp(1j * phase)
+        magnitude = np.maximum(_blur(canvas.image, EDGE_BLUR / pixel), 0.0)
+        images[s] = magnitude * shading * plan.scale * np.exp(1j * phase)
     return images
 
 

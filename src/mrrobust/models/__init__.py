@@ -37,7 +37,7 @@ MODEL_DEFAULTS = {
     "group_norm_impl": DEFAULT_GROUP_NORM_IMPL,
 }
 
-__all__ = ["PreActResNet", "make_norm", "memory_format", "build", "save", "load",
+__all__ = ["PreActResNet", "make_norm", "memory_format", "build", "save", "load", "atomic_write",
            "model_config", "positive_probability", "NORMS", "LABELS", "MODEL_DEFAULTS"]
 
 
@@ -52,13 +52,18 @@ def model_config(**overrides) -> dict:
 
 def build(config: dict) -> PreActResNet:
     """The network described by a RUN config (or by its `model` section alone)."""
-    spec = model_config(**config.get("model", config)) if isinstance(config, dict) else None
+    section = config.get("model", config) if isinstance(config, dict) else None
+    spec = model_config(**section) if isinstance(section, dict) else None
     if spec is None or spec["arch"] != MODEL_DEFAULTS["arch"]:
         raise MrRobustError(f"cannot build a model from {config!r}: expected a mrrobust "
                             f"config with arch {MODEL_DEFAULTS['arch']!r}")
-    norm = norm_factory(spec["norm"], spec["groups"], spec["group_norm_impl"])
-    return PreActResNet(spec["depth"], spec["width"], norm, spec["labels"],
-                        in_channels=spec["in_channels"], pool=spec["pool"])
+    try:
+        norm = norm_factory(spec["norm"], spec["groups"], spec["group_norm_impl"])
+        return PreActResNet(spec["depth"], spec["width"], norm, spec["labels"],
+                            in_channels=spec["in_channels"], pool=spec["pool"])
+    except (TypeError, ValueError) as err:  # a hand-edited config: a string where a number goes
+        raise MrRobustError(f"cannot build a model from the model section {section!r} "
+                            f"({err}); re-run `mrrobust train`") from None
 
 
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -66,10 +71,20 @@ def positive_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)[..., 1]
 
 
-def _atomic_write(path: Path, write) -> None:
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(temp_path)`, then rename onto `path` with the usual file mode (0644 under
+    umask 022; some writers create 0600 files); the temporary file never outlives a failure."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -87,7 +102,7 @@ def write_config(config: dict, run_dir: Path) -> None:
     stamped = {"format": RUN_FORMAT, "version": RUN_VERSION,
                **{k: v for k, v in config.items() if k not in ("format", "version")}}
     text = json.dumps(stamped, indent=2, sort_keys=False) + "\n"
-    _atomic_write(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
+    atomic_write(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
 
 
 def save(model: nn.Module, config: dict, run_dir: Path) -> None:
@@ -97,7 +112,7 @@ def save(model: nn.Module, config: dict, run_dir: Path) -> None:
     run_dir = Path(run_dir)
     write_config(config, run_dir)
     tensors = _plain_state_dict(model)
-    _atomic_write(run_dir / WEIGHTS_FILE,
+    atomic_write(run_dir / WEIGHTS_FILE,
                   lambda p: save_file(tensors, str(p), metadata={"format": RUN_FORMAT}))
 
 
@@ -156,8 +171,13 @@ def load(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[PreAc
     config = read_config(run_dir)
     model = build(config)
     tensors = read_weights(run_dir / WEIGHTS_FILE)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise MrRobustError(f"{run_dir / WEIGHTS_FILE} does not match its config.json "
-                            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    resized = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or resized:
+        raise MrRobustError(
+            f"{run_dir / WEIGHTS_FILE} does not match its {CONFIG_FILE} (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, other shape {resized[:3]}); the two files come from "
+            f"different runs: re-run `mrrobust train`")
+    model.load_state_dict(tensors)
     return model.to(map_location).eval(), config
