@@ -224,7 +224,7 @@ def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.T
     return ifft_pe(k)
 
 
-@register(ARTIFACTS, "motion", ladder=((1, 1.5, 1.0), (1, 3.0, 2.0), (2, 4.0, 3.0), (2, 6.0, 4.5), (3, 8.0, 6.0)),
+@register(ARTIFACTS, "motion", ladder=((1, 1.5, 1.0), (1, 3.0, 2.0), (2, 4.5, 3.0), (3, 6.0, 4.5), (4, 8.0, 6.0)),
           domain="k-space", unit="(movements, max degrees, max shift % of FOV)")
 def motion(x, level, seeds):
     """Rigid in-plane motion during the acquisition: ghosting and blurring along phase encoding.
