@@ -19,8 +19,8 @@ def _run_complete(run: Path) -> bool:
     return all((run / name).is_file() for name in ("config.json", "model.safetensors", "metrics.csv", "operating_points.json"))
 
 
-def demo(out: Path, volumes: int = 32, slices: int = 16, crop: int = 64, width: int = 8,
-         epochs: int = 6, seed: int = 0, norms=DEMO_NORMS, progress: bool = True) -> dict:
+def demo(out: Path, volumes: int = 96, slices: int = 16, crop: int = 64, width: int = 16,
+         epochs: int = 8, seed: int = 0, norms=DEMO_NORMS, progress: bool = True) -> dict:
     """Run the whole pipeline small under `out`; returns {step: result} and writes
     `out/summary.json`. Sizes: `crop` px slices, a ResNet-18 of base width `width`."""
     from mrrobust.artifacts.gallery import gallery, load_slice
@@ -38,10 +38,12 @@ def demo(out: Path, volumes: int = 32, slices: int = 16, crop: int = 64, width: 
     for norm in norms:
         run = out / "runs" / f"{norm}-seed{seed}"
         if not _run_complete(run):
+            if progress:
+                print(f"train {norm} norm: ResNet-18 width {width}, {epochs} epochs -> {run}", flush=True)
             # the study's lr (1e-5) needs hundreds of epochs; the demo's tiny net learns at 1e-3
             train(store, run, norm, width=width, groups=4, lr=1e-3, batch_size=32, max_epochs=epochs,
-                  patience=epochs, seed=seed, workers=0, accelerator="cpu", resume=(run / "checkpoints").exists(),
-                  quiet=not progress)
+                  patience=epochs, seed=seed, workers=0, accelerator="cpu",
+                  resume=(run / "checkpoints" / "last.ckpt").exists(), quiet=True)
         runs[norm] = _best_epoch(run)
     image, label = load_slice(store)
     figure = gallery(image, out / "gallery.png", title=label, seed=seed)

@@ -186,11 +186,11 @@ def train(
 @command
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, STORE, runs and gallery."),
-    volumes: int = typer.Option(32, help="Synthetic volumes."),
+    volumes: int = typer.Option(96, help="Synthetic volumes."),
     slices: int = typer.Option(16, help="Slices per volume."),
     crop: int = typer.Option(64, help="Image size in pixels (small, so it runs on a laptop CPU)."),
-    width: int = typer.Option(8, help="ResNet base width."),
-    epochs: int = typer.Option(6, help="Training epochs per norm."),
+    width: int = typer.Option(16, help="ResNet base width."),
+    epochs: int = typer.Option(8, help="Training epochs per norm."),
     seed: int = typer.Option(0, help="One seed for data, split and training."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):

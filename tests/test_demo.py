@@ -1,0 +1,21 @@
+"""The demo runs the whole pipeline end to end, small, and resumes without redoing work."""
+
+import json
+
+from mrrobust.benchmark import DEMO_NORMS, demo
+
+
+def test_demo_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "demo"
+    kwargs = dict(volumes=12, slices=6, crop=32, width=8, epochs=1, progress=False)
+    summary = demo(out, **kwargs)
+    assert set(summary["runs"]) == set(DEMO_NORMS)
+    for norm, best in summary["runs"].items():
+        assert best["epoch"] == "0" and 0.0 <= float(best["val_auc_mean"]) <= 1.0
+        assert (out / "runs" / f"{norm}-seed0" / "model.safetensors").is_file()
+    assert (out / "gallery.png").stat().st_size > 10_000
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    demo(out, **kwargs)  # every step finished: nothing is trained again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
