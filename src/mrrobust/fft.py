@@ -47,19 +47,30 @@ def center_crop(x, shape: tuple[int, int]):
 
 
 def ifft2c_cropped(kspace: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`center_crop(ifft2c(kspace), shape)` for numpy `(..., H, W)` k-space, about 1.3x faster.
+    """`center_crop(ifft2c(kspace), shape)` for numpy `(..., H, W)` k-space, without the shifts.
 
     Separable: the readout-axis transform runs first and its rows are cropped before the
-    phase-encode transform, so the second pass touches only `h / H` of the data.
-    Uses scipy.fft, which keeps complex64 and is faster than numpy's shifts and FFTs.
+    phase-encode transform. The output fftshift is folded into the crop's indices and, for
+    an even length, the input ifftshift into a (-1)^index sign on the kept outputs, so no
+    full-size shifted copy is made. scipy.fft keeps complex64.
     """
-    import scipy.fft as sfft
-
     _check(kspace, "ifft2c_cropped")
     (h, w), (H, W) = shape, kspace.shape[-2:]
     if h > H or w > W:
         raise ValueError(f"cannot crop {(H, W)} to {(h, w)}: crop larger than the input")
-    rows = sfft.fftshift(sfft.ifft(sfft.ifftshift(kspace, axes=-2), axis=-2, norm="ortho"), axes=-2)
-    rows = rows[..., (H - h) // 2 : (H - h) // 2 + h, :]
-    image = sfft.fftshift(sfft.ifft(sfft.ifftshift(rows, axes=-1), axis=-1, norm="ortho"), axes=-1)
-    return np.ascontiguousarray(image[..., (W - w) // 2 : (W - w) // 2 + w])
+    return np.ascontiguousarray(_centred_ifft_crop(_centred_ifft_crop(kspace, -2, h), -1, w))
+
+
+def _centred_ifft_crop(x: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """The central `n` samples of `fftshift(ifft(ifftshift(x)))` along `axis` (orthonormal)."""
+    import scipy.fft as sfft
+
+    N = x.shape[axis]
+    if N % 2:  # odd length: the input shift is not a sign flip
+        x = sfft.ifftshift(x, axes=axis)
+    index = (np.arange((N - n) // 2, (N - n) // 2 + n) - N // 2) % N  # fftshift folded in
+    out = np.take(sfft.ifft(x, axis=axis, norm="ortho"), index, axis=axis)
+    if N % 2 == 0:
+        sign = np.where(index % 2 == 0, 1, -1).astype(out.real.dtype)
+        out *= sign.reshape([n if a == axis % x.ndim else 1 for a in range(x.ndim)])
+    return out

@@ -14,7 +14,8 @@ cumulative fractions of the volume count. Depends on the seed and the set of vol
 only, never on listing order or Python's hash.
 
 Scale: the median, over train-split volumes, of each volume's 99th-percentile magnitude
-(all slices, unscaled complex images); over all volumes when train is empty.
+(all slices, every second row and column, unscaled complex images); over all volumes
+when train is empty.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SOURCE_SPLITS = ("train", "val")
 SCALE_DEFINITION = (
     "median over train-split volumes of each volume's 99th-percentile magnitude "
-    "of its unscaled complex centre-cropped images"
+    "of its unscaled complex centre-cropped images (every second row and column)"
 )
 
 
@@ -165,7 +166,7 @@ def prepare_volume(task: tuple[str, str, int, str]) -> dict:
         "slices": int(images.shape[0]),
         "patient_id": str(volume.attrs.get("patient_id") or ""),
         "acquisition": str(volume.attrs.get("acquisition") or ""),
-        "p99": percentile_99(np.abs(images)),
+        "p99": percentile_99(np.abs(images[:, ::2, ::2])),  # a 4x smaller sample: 4x faster
     }
     try:
         save_npy_atomic(volumes / f"{volume.name}.npy", images)
