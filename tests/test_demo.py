@@ -19,3 +19,21 @@ def test_demo_end_to_end_and_resume(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     demo(out, **kwargs)  # every step finished: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+
+
+def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
+    import pytest
+
+    from mrrobust.benchmark import _claim
+    from mrrobust.errors import MrRobustError
+
+    out = tmp_path / "demo"
+    _claim(out, {"crop": 32, "seed": 0})
+    _claim(out, {"crop": 32, "seed": 0})  # the same settings: a resume
+    with pytest.raises(MrRobustError, match="crop 32 -> 64"):
+        _claim(out, {"crop": 64, "seed": 0})
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(MrRobustError, match="not a demo folder"):
+        _claim(foreign, {"crop": 32})
