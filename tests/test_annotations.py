@@ -60,6 +60,7 @@ def test_file_list_is_singlecoil_train_plus_val_and_drops_stray_line(real):
     assert len(real.reviewed) == 1172
     assert real.reviewed == names
     assert real.ignored_lines == ["Knee data"]
+    assert real.ignored_rows == []  # the published knee.csv has no label-less rows
     assert real.annotated <= real.reviewed
     assert real.unseen_labels == set()
 
@@ -138,6 +139,24 @@ def test_glitches_duplicates_unseen_and_study_level(tmp_path):
     assert list(ann.slice_targets("file2")[5]) == [1, 0, 0, 0]
     assert ann.unseen_labels == {"Loose  Hardware"}
     assert len(ann.slice_boxes("file1")[3]) == 2
+
+
+def test_short_empty_label_and_infinite_rows_are_skipped_not_crashes(tmp_path):
+    rows = (
+        "file1,3\n"                                      # short row: no box, no label
+        "file1,4,No,10,20,5,5,\n"                         # a volume but an empty label
+        "file1,5,No,10,20,5,5,   \n"                      # a label of spaces only
+        "file1,6,No,inf,20,5,5,Meniscus Tear\n"           # a box that is not finite
+        "file1,6,No,nan,20,5,5,Meniscus Tear\n"
+        "file1,7,No,10,20,5,5,Meniscus Tear\n"
+    )
+    ann = load_annotations(_write(tmp_path / "a", rows, "file1\n"))
+    assert ann.ignored_rows == [2, 3, 4]  # csv line numbers, header = line 1
+    assert set(ann.slice_targets("file1")) == {6, 7}  # no slice marked abnormal by an empty label
+    assert list(ann.slice_targets("file1")[6]) == [0, 1, 0, 0]
+    boxes = ann.slice_boxes("file1")
+    assert boxes[6] == [] and len(boxes[7]) == 1  # the label counts, the non-finite box is dropped
+    assert ann.unseen_labels == set()
 
 
 def test_missing_columns_is_one_clear_error(tmp_path):

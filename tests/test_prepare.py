@@ -158,9 +158,10 @@ def test_resume_after_kill_finishes_the_same_store(tiny_store, synth_root, tmp_p
         "p.prepare(sys.argv[1], sys.argv[2], annotations=sys.argv[3], crop=64, progress=False)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", driver, str(synth_root / "knee"), str(store), str(synth_root / "annotations")])
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while len(list((store / "volumes").glob("*.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    assert proc.poll() is None, "prepare ended before the kill"
     proc.kill()
     proc.wait()
     assert not (store / "manifest.json").exists() and not (store / "slices.csv").exists()
@@ -247,7 +248,8 @@ def messy_root(tmp_path):
     nan[1, 40, 36] = np.nan
     _write_volume(train / "file0000007.h5", nan)
     _write_volume(train / "file0000008.h5", np.stack([_good_kspace(8)] * 2, axis=1))  # multi-coil in a single-coil folder
-    names = [f"file000000{i}" for i in range(1, 9)]
+    _write_volume(train / "file0000009.h5", np.zeros((0, 80, 72), np.complex64))  # 0 slices
+    names = [f"file000000{i}" for i in range(1, 10)]
     rows = "file0000001,1,No,1,2,3,4,Meniscus Tear\nfile0000002,0,No,1,2,3,4,Brand New Finding\n"
     annotations = _annotations(tmp_path / "ann", names, rows)
     return tmp_path / "fastmri", annotations
@@ -257,12 +259,13 @@ def test_broken_files_are_skipped_with_one_reason_each(messy_root, tmp_path):
     root, annotations = messy_root
     summary = prepare(root, tmp_path / "store", annotations=annotations, crop=32, progress=False)
     reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in summary["skipped"]}
-    assert set(reasons) == {f"file000000{i}.h5" for i in range(3, 9)}
+    assert set(reasons) == {f"file000000{i}.h5" for i in range(3, 10)}
     assert "HDF5" in reasons["file0000003.h5"] and "HDF5" in reasons["file0000004.h5"]
     assert "kspace" in reasons["file0000005.h5"]
     assert "shape (80, 72)" in reasons["file0000006.h5"]
     assert "NaN" in reasons["file0000007.h5"]
     assert "multi-coil" in reasons["file0000008.h5"]
+    assert "0 slices" in reasons["file0000009.h5"]
     assert all("\n" not in r for r in reasons.values())
     assert read_manifest(tmp_path / "store")["skipped"] == summary["skipped"]
     assert summary["counts"]["volumes"] == 2 and summary["counts"]["slices"] == 6
@@ -284,6 +287,9 @@ def test_cli_exit_2_with_one_line_only_when_nothing_usable(messy_root, tmp_path)
         (root / "singlecoil_train" / good).unlink()
     code, output = _cli("--fastmri", root, "--annotations", annotations, "--out", tmp_path / "none", "--crop", 32, "--no-progress")
     assert code == 2 and output.strip().count("\n") == 0 and "no usable volume" in output
+    code, output = _cli("--fastmri", root, "--annotations", annotations, "--out", tmp_path / "neg", "--seed", -1, "--no-progress")
+    assert code == 2 and output.strip().count("\n") == 0 and "seed -1" in output
+    assert not (tmp_path / "neg").exists()
     assert not (tmp_path / "none" / "manifest.json").exists()
 
 
@@ -297,6 +303,8 @@ def test_cli_exit_2_with_one_line_only_when_nothing_usable(messy_root, tmp_path)
         ("missing_columns", "missing column"),
         ("not_reviewed", "annotation file list"),
         ("bad_fractions", "fractions"),
+        ("nan_fraction", "finite"),
+        ("negative_seed", "seed -1"),
         ("out_not_a_store", "not a STORE"),
         ("crop_too_large", "no usable volume.*crop 999"),
     ],
@@ -320,6 +328,10 @@ def test_bad_input_is_one_clear_error(tmp_path, case, match):
         (annotations / "knee_file_list.csv").write_text("file0000009\n")
     elif case == "bad_fractions":
         kwargs["fractions"] = (0.7, 0.2, 0.2)
+    elif case == "nan_fraction":
+        kwargs["fractions"] = (float("nan"), 0.5, 0.5)
+    elif case == "negative_seed":
+        kwargs["seed"] = -1
     elif case == "out_not_a_store":
         out.mkdir()
         (out / "thesis.tex").write_text("precious")

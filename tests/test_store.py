@@ -57,6 +57,10 @@ def test_read_manifest_refuses_missing_and_other_versions(tmp_path, tiny_store):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(MrRobustError, match="unreadable"):
         read_manifest(tmp_path)
+    for value in ("[]", '"text"', "3", "null"):  # valid JSON, not an object
+        (tmp_path / "manifest.json").write_text(value)
+        with pytest.raises(MrRobustError, match="not an object"):
+            read_manifest(tmp_path)
 
 
 def test_scale_is_median_of_train_volume_p99(tiny_store):

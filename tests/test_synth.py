@@ -183,6 +183,9 @@ def test_bad_arguments_and_existing_output(tmp_path):
         S.synth(tmp_path / "x", crop=31)
     with pytest.raises(MrRobustError, match="coils"):
         S.synth(tmp_path / "x", multicoil=True, coils=1, crop=32)
+    with pytest.raises(MrRobustError, match="--seed -1"):
+        S.synth(tmp_path / "x", volumes=2, slices=2, crop=32, seed=-1)
+    assert not (tmp_path / "x").exists()
     S.synth(tmp_path / "y", volumes=2, slices=2, crop=32)
     with pytest.raises(MrRobustError, match="already holds"):
         S.synth(tmp_path / "y", volumes=2, slices=2, crop=32)

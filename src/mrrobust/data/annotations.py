@@ -9,8 +9,10 @@ mtear, "cartilage" -> cartilage, anything else -> abnormal (so `abnormal` is
 
 Known glitches of the published files are absorbed here: exact duplicate rows,
 `y = -1`, `height = 0`, stray spaces and hyphens in labels, the stray
-`Knee data` line of the file list, and study-level rows (whole-volume notes
-such as `artifact`), which never set a slice's targets.
+`Knee data` line of the file list, rows with a volume but no label (skipped and
+counted in `ignored_rows`), and study-level rows (whole-volume notes such as
+`artifact`), which never set a slice's targets. Rows whose box fields are
+missing or not finite keep their label but give no box.
 """
 
 from __future__ import annotations
@@ -87,9 +89,9 @@ class Box:
 
 
 def _box(label: str, x: str, y: str, width: str, height: str) -> Box | None:
-    try:
+    try:  # a short row gives None fields (TypeError), `inf` cannot become an int (OverflowError)
         x0, y0, w, h = (int(float(v)) for v in (x, y, width, height))
-    except ValueError:
+    except (TypeError, ValueError, OverflowError):
         return None
     top = min(max(IMAGE_SIZE - y0 - h, 0), IMAGE_SIZE)
     bottom = min(max(IMAGE_SIZE - y0, 0), IMAGE_SIZE)
@@ -104,13 +106,15 @@ class Annotations:
 
     reviewed: volume ids of the file list; unseen_labels: labels (as written, stripped)
     outside the 22 published ones, counted by the mapping (usually as `abnormal`);
-    ignored_lines: file-list lines that are not volume ids (e.g. `Knee data`).
+    ignored_lines: file-list lines that are not volume ids (e.g. `Knee data`);
+    ignored_rows: `knee.csv` line numbers skipped because the row has a volume but no label.
     """
 
     source: str
     reviewed: set[str] = field(default_factory=set)
     unseen_labels: set[str] = field(default_factory=set)
     ignored_lines: list[str] = field(default_factory=list)
+    ignored_rows: list[int] = field(default_factory=list)
     _labels: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     _boxes: dict[str, dict[int, list[Box]]] = field(default_factory=dict)
     _notes: dict[str, list[str]] = field(default_factory=dict)
@@ -173,6 +177,9 @@ def _read_boxes(path: Path, annotations: Annotations) -> None:
             volume = (row["file"] or "").strip().removesuffix(".h5")
             label = (row["label"] or "").strip()
             if not volume and not label:
+                continue
+            if not label:  # an empty label would map to `abnormal`: not a finding
+                annotations.ignored_rows.append(line_no)
                 continue
             try:
                 slice_index = int(str(row["slice"]).strip())

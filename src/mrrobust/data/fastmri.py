@@ -78,8 +78,8 @@ def read_volume(path: Path | str) -> Volume:
     """Read `kspace`, attributes and recon size of one fastMRI `.h5` file.
 
     Raises MrRobustError naming the file when it is not readable HDF5 (or is
-    truncated), has no `kspace`, `kspace` is not complex of rank 3 or 4, or holds
-    NaN/Inf samples.
+    truncated), has no `kspace`, `kspace` is not complex of rank 3 or 4, is empty
+    (e.g. 0 slices), or holds NaN/Inf samples.
     """
     path = Path(path)
     fix = "re-download or remove it"
@@ -99,6 +99,8 @@ def read_volume(path: Path | str) -> Volume:
             f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
             f"got {kspace.dtype} shape {kspace.shape}; {fix}"
         )
+    if kspace.size == 0:
+        raise MrRobustError(f"{path}: 'kspace' {kspace.shape} holds no samples (0 slices, coils or lines); {fix}")
     kspace = kspace.astype(np.complex64, copy=False)
     if not np.isfinite(kspace.view(np.float32)).all():  # the float view: ~3x faster than complex isfinite
         bad = int((~np.isfinite(kspace)).sum())

@@ -63,16 +63,18 @@ SCALE_DEFINITION = (
 # ---- inputs ------------------------------------------------------------------------------
 
 
-def _check_settings(challenge: str, crop: int, fractions, workers: int) -> tuple[float, float, float]:
+def _check_settings(challenge: str, crop: int, seed: int, fractions, workers: int) -> tuple[float, float, float]:
     if challenge not in CHALLENGES:
         raise MrRobustError(f"unknown challenge {challenge!r}; use {' or '.join(CHALLENGES)}")
     if crop < 1:
         raise MrRobustError(f"crop {crop} must be a positive number of pixels (fastMRI: 320)")
     if workers < 1:
         raise MrRobustError(f"workers {workers} must be at least 1")
+    if seed < 0:
+        raise MrRobustError(f"seed {seed} must be a non-negative integer (numpy's generator refuses negative seeds)")
     fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise MrRobustError(f"split fractions {fractions} must be three non-negative numbers (train, val, test) summing to 1")
+    if len(fractions) != 3 or not np.isfinite(fractions).all() or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise MrRobustError(f"split fractions {fractions} must be three finite non-negative numbers (train, val, test) summing to 1")
     return fractions
 
 
@@ -342,7 +344,7 @@ def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=32
     A finished STORE in `out` stays finished and unchanged until this run's new manifest
     replaces it; when no volume is usable it is left as it was, and the folders this run
     created are removed."""
-    fractions = _check_settings(challenge, crop, fractions, workers)
+    fractions = _check_settings(challenge, crop, seed, fractions, workers)
     folders = source_folders(Path(fastmri_root), challenge)
     labels = load_annotations(annotations)
     files, skipped, not_reviewed = find_volumes(folders, labels)

@@ -84,12 +84,13 @@ def write_slices_csv(path: Path, rows: list[dict]) -> None:
     write_bytes_atomic(path, slices_csv_bytes(rows))
 
 
-def read_json(path: Path):
-    """The JSON value in `path`, or None when it is missing or unreadable."""
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def remove_temp_files(folder: Path) -> None:
@@ -113,6 +114,10 @@ def read_manifest(store: Path | str) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MrRobustError(f"{path}: unreadable manifest ({err}); re-run `mrrobust prepare` into a new folder") from None
+    if not isinstance(manifest, dict):
+        raise MrRobustError(
+            f"{path}: the manifest is a JSON {type(manifest).__name__}, not an object; re-run `mrrobust prepare` into a new folder"
+        )
     if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
         raise MrRobustError(
             f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "

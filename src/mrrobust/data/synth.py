@@ -726,8 +726,10 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check(volumes, slices, crop, coils, multicoil):
+def _check(volumes, slices, crop, coils, multicoil, seed):
     problems = []
+    if seed < 0:
+        problems.append(f"--seed {seed} (need >= 0)")
     if volumes < 1:
         problems.append(f"--volumes {volumes} (need >= 1)")
     if slices < 1:
@@ -751,7 +753,7 @@ def synth(out: Path, volumes: int = 24, slices: int = 16, crop: int = 320, seed:
     and multi-coil sets written to one `out` share their annotations.
     Returns a summary dict.
     """
-    _check(volumes, slices, crop, coils, multicoil)
+    _check(volumes, slices, crop, coils, multicoil, seed)
     out = Path(out)
     challenge = "multicoil" if multicoil else "singlecoil"
     folders = {split: out / "knee" / f"{challenge}_{split}" for split in ("train", "val")}
