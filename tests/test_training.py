@@ -181,11 +181,13 @@ def test_one_epoch_writes_the_run_contract(store, tmp_path, norm):
         assert (got is None) if math.isnan(want["sensitivity"]) else got == pytest.approx(want["sensitivity"])
 
 
-def test_same_command_same_metrics_and_another_seed_differs(store, tmp_path):
+def test_same_command_same_metrics_with_or_without_workers_and_another_seed_differs(
+        store, tmp_path):
     runs = [tmp_path / name for name in ("a", "b", "c")]
-    for run, seed, workers in zip(runs, (7, 7, 8), (1, 1, 0)):  # a loader worker, seeded
-        train(store, run, "batch", seed=seed, max_epochs=2, **dict(FAST, workers=workers))
-    first, second, other = ((run / "metrics.csv").read_text() for run in runs)
+    for run, seed, workers in zip(runs, (7, 7, 8), (0, 2, 0)):  # two seeded loader workers
+        train(store, run, "batch", seed=seed, max_epochs=2, augment="noise:2",
+              **dict(FAST, workers=workers, limit_val_batches=2))
+    first, second, other = ((run / "metrics.csv").read_bytes() for run in runs)
     assert first == second
     assert first != other
     weights = [load_file(run / "model.safetensors") for run in runs[:2]]
@@ -294,6 +296,51 @@ def test_bad_stores_and_runs(tmp_path, store):
         train(store, foreign, "batch", **FAST)
 
 
+def test_limited_validation_without_both_classes_is_refused_before_writing(store, tmp_path,
+                                                                        monkeypatch):
+    import mrrobust.training as training
+
+    val = SliceDataset(store, "val")
+    first = val.targets[:4]  # the one validated batch of 4 (ShardSampler order)
+    assert all(len(set(first[:, k])) == 1 for k in range(len(LABELS)))
+    assert any(len(set(val.targets[:, k])) == 2 for k in range(len(LABELS)))
+    run = tmp_path / "run"
+    limited = dict(width=8, groups=4, batch_size=4, limit_val_batches=1, max_epochs=2,
+                   workers=0, quiet=True, limit_train_batches=1)
+    with pytest.raises(MrRobustError, match="undefined for every label on the 4 validated "
+                                            "slices.*raise --limit-val-batches"):
+        train(store, run, "batch", **limited)
+    assert not run.exists()
+    assert training.validated_slices(10, 4, 2, world=1) == 8
+    assert training.validated_slices(10, 4, 2, world=2) == 10
+    assert training.validated_slices(10, 4, None, world=1) == 10
+    # were the check bypassed, the epoch raises instead of early stopping silently
+    monkeypatch.setattr(training, "_check_splits", lambda *args: None)
+    with pytest.raises(MrRobustError, match="undefined for every label in epoch 0"):
+        train(store, run, "batch", **limited)
+    assert not (run / "metrics.csv").exists() and not (run / "checkpoints").exists()
+
+
+def test_unwritable_run_folder_is_one_line(store, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    outs = [blocker / "run"]
+    if os.geteuid() != 0:  # root writes through chmod
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        outs.append(locked / "run")
+    try:
+        for out in outs:
+            code, output = run_cli("--data", store, "--out", out, "--width", "8",
+                                   "--max-epochs", "1", "--workers", "0")
+            assert code == 2 and output.count("\n") == 1, output
+            assert f"cannot write the RUN folder {out}" in output, output
+            assert not out.exists()
+    finally:
+        (tmp_path / "locked").exists() and (tmp_path / "locked").chmod(0o755)
+
+
 # ---- DDP ----------------------------------------------------------------------------------
 
 
@@ -317,6 +364,12 @@ def test_two_process_cpu_ddp(store, tmp_path):
 
 # ---- re-running into a RUN: kill and resume, finished runs, restarts -----------------------
 
+def training_state(checkpoint: Path) -> dict:
+    from mrrobust.training import _read_run_state
+
+    return _read_run_state(checkpoint)
+
+
 KILL = dict(groups=4, width=8, batch_size=8, workers=0, lr=1e-3, limit_train_batches=3,
             limit_val_batches=3, max_epochs=6, patience=6, seed=2, quiet=True)
 KILL_FLAGS = ["--norm", "group", *[f"--{key.replace('_', '-')}={value}"
@@ -329,19 +382,41 @@ def cli(*args, quiet=True) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# the CLI, held (asleep) right after the checkpoint of epoch 1, with a marker file written
+HOLD_AFTER_EPOCH_1 = """
+import pathlib, sys, time
+import mrrobust.training as training
+from mrrobust.cli import app
+
+original = training.RunWriter.on_train_epoch_end
+
+def hold(self, trainer, module):
+    original(self, trainer, module)
+    if trainer.current_epoch == 1:
+        pathlib.Path(sys.argv[1]).write_text("epoch 1 checkpointed")
+        time.sleep(600)
+
+training.RunWriter.on_train_epoch_end = hold
+app(["train", *sys.argv[2:]])
+"""
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(store, tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight, killed, held = tmp_path / "straight", tmp_path / "killed", tmp_path / "held"
     train(store, straight, "group", **KILL)
-    process = cli("--data", store, "--out", killed, *KILL_FLAGS)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AFTER_EPOCH_1, str(held), "--data", str(store),
+         "--out", str(killed), *KILL_FLAGS, "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not held.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)  # the checkpoint of epoch 0 exists, the run goes on
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL, "the run ended before the kill landed"
-    assert checkpoint.exists()
-    assert len(read_metrics(killed)) < 6
+    process.send_signal(signal.SIGKILL)  # held after epoch 1's checkpoint, mid-run
+    _, err = process.communicate()
+    assert held.exists() and process.returncode == -signal.SIGKILL, err[-3000:]
+    assert training_state(checkpoint)["epochs"] == 2
+    assert len(read_metrics(killed)) == 2
     # a plain re-run refuses to overwrite it and says how to continue
     with pytest.raises(MrRobustError, match="unfinished run .* continue it with --resume"):
         train(store, killed, "group", **KILL)

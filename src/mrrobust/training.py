@@ -31,6 +31,10 @@ Reproducibility: every draw comes from generators seeded by `seed` (per-epoch sa
 generators, per-slice augmentation seeds), so an epoch does not depend on how the run got
 there: the same command gives the same metrics.csv on the CPU, and a resumed run ends
 where an uninterrupted one would.
+Known limit: a kill in the short window between writing an improved epoch's
+model.safetensors and its checkpoint makes the resume replay that epoch; on the CPU the
+replay is identical, on a GPU (non-deterministic kernels) it may not improve again, and
+the RUN then keeps the killed epoch's weights while metrics.csv names an earlier best.
 """
 
 from __future__ import annotations
@@ -271,7 +275,11 @@ class Classifier(_lightning().LightningModule):
             raise MrRobustError(f"training diverged by epoch {self.current_epoch} (non-finite "
                                 f"outputs); lower --lr or use --precision 32")
         aucs = label_aucs(targets, scores)
-        mean_auc = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else math.nan
+        if not np.isfinite(aucs).any():  # `_check_splits` prevents it; never stop silently
+            raise MrRobustError(f"validation AUC is undefined for every label in epoch "
+                                f"{self.current_epoch} ({len(targets)} validated slices); "
+                                f"raise --limit-val-batches or --batch-size")
+        mean_auc = float(np.nanmean(aucs))
         strategy = self.trainer.strategy
         train_sum = float(strategy.reduce(self._loss_sum.clone(), reduce_op="sum"))
         train_count = float(strategy.reduce(self._loss_count.clone(), reduce_op="sum"))
@@ -431,22 +439,38 @@ def _check_numbers(lr: float, weight_decay: float, batch_size: int, max_epochs: 
             raise MrRobustError(f"{flag} {value} must be >= 1 batch")
 
 
-def _check_splits(data: Path, train_set, val_set, rank: int) -> None:
-    """Empty splits and undefined validation AUCs raise (every rank); warnings on rank 0."""
+def validated_slices(size: int, batch_size: int, limit_val_batches: int | None,
+                     world: int) -> int:
+    """How many of the `size` validation slices an epoch validates: every rank takes at most
+    `limit_val_batches` batches of its `ShardSampler` shard, so together the first
+    `limit * batch_size * world` slices in order (all of them without a limit)."""
+    return size if limit_val_batches is None else min(size, limit_val_batches * batch_size * world)
+
+
+def _check_splits(data: Path, train_set, val_set, rank: int, validated: int) -> None:
+    """Empty splits and undefined validation AUCs raise (every rank); warnings on rank 0.
+    The AUCs are judged on the `validated` first slices of the val split, the ones each
+    epoch validates (`validated_slices`)."""
     for name, dataset in (("train", train_set), ("val", val_set)):
         if len(dataset) == 0:
             raise MrRobustError(f"{data}: the {name} split has no slices; prepare the STORE "
                                 f"from more volumes")
-    positives, count = val_set.targets.sum(0), len(val_set)
+    limited = validated < len(val_set)
+    targets = val_set.targets[:validated]
+    positives, count = targets.sum(0), len(targets)
     undefined = [f"{label} ({'no positives' if p == 0 else 'no negatives'})"
                  for label, p in zip(LABELS, positives) if p == 0 or p == count]
+    where = (f"the {validated} validated slices (--limit-val-batches x --batch-size)"
+             if limited else "validation")
     if len(undefined) == len(LABELS):
-        raise MrRobustError(f"{data}: validation AUC is undefined for every label "
-                            f"({', '.join(undefined)}); prepare the STORE from more volumes")
+        remedy = ("raise --limit-val-batches or --batch-size" if limited
+                  else "prepare the STORE from more volumes")
+        raise MrRobustError(f"{data}: AUC is undefined for every label on {where} "
+                            f"({', '.join(undefined)}); {remedy}")
     if rank != 0:
         return
     if undefined:
-        log.warning(f"{data}: validation AUC undefined for {', '.join(undefined)}; "
+        log.warning(f"{data}: AUC undefined on {where} for {', '.join(undefined)}; "
                     f"left empty in metrics.csv, the mean AUC uses the other labels")
     unlearnable = [label for label, p in zip(LABELS, train_set.targets.sum(0)) if p == 0]
     if unlearnable:
@@ -584,7 +608,9 @@ def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
     _configure_lightning_logging(quiet)
     train_set = SliceDataset(data, "train", kind="complex" if augment else "magnitude")
     val_set = SliceDataset(data, "val")
-    _check_splits(data, train_set, val_set, rank)
+    _check_splits(data, train_set, val_set, rank,
+                  validated_slices(len(val_set), batch_size, limit_val_batches,
+                                   devices * num_nodes))
     config = {
         "model": model,
         "training": {"lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
@@ -629,7 +655,8 @@ def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
         max_epochs=max_epochs, deterministic=accelerator == "cpu",
         benchmark=accelerator == "gpu", num_sanity_val_steps=0, use_distributed_sampler=False,
         limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
-        callbacks=[EarlyStopping(monitor=MONITOR, mode="max", patience=patience), writer,
+        callbacks=[EarlyStopping(monitor=MONITOR, mode="max", patience=patience,
+                                 check_finite=True), writer,  # NaN raises in the module
                    *_display_callbacks(quiet)],
         logger=_loggers(out), enable_progress_bar=not quiet, enable_model_summary=False,
         default_root_dir=out, log_every_n_steps=1)

@@ -98,11 +98,15 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def write_config(config: dict, run_dir: Path) -> None:
     """Write `run_dir/config.json` atomically, stamped with the RUN format and version."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     stamped = {"format": RUN_FORMAT, "version": RUN_VERSION,
                **{k: v for k, v in config.items() if k not in ("format", "version")}}
     text = json.dumps(stamped, indent=2, sort_keys=False) + "\n"
-    atomic_write(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
+    except OSError as err:  # read-only parent, a file in the path, a full disk
+        raise MrRobustError(f"cannot write the RUN folder {run_dir} ({err.strerror or err}); "
+                            f"choose a writable --out") from None
 
 
 def save(model: nn.Module, config: dict, run_dir: Path) -> None:
