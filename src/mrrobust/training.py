@@ -54,10 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mrrobust.atomic import atomic_write
 from mrrobust.errors import MrRobustError
 from mrrobust.metrics import label_aucs, operating_point
 from mrrobust.models import (
-    CONFIG_FILE, LABELS, WEIGHTS_FILE, atomic_write, build, memory_format, model_config,
+    CONFIG_FILE, LABELS, WEIGHTS_FILE, build, memory_format, model_config,
     positive_probability, read_config, save, write_config)
 
 log = logging.getLogger("mrrobust.training")

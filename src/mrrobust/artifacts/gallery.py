@@ -6,13 +6,13 @@ grey scale (0 .. its 99.5th percentile), so intensity changes stay visible.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mrrobust.artifacts import SEVERITIES, SUITES, corrupt, lookup
+from mrrobust.atomic import atomic_write
 from mrrobust.errors import MrRobustError
 
 
@@ -77,16 +77,12 @@ def gallery(image: torch.Tensor, out: Path, title: str = "", suite: str = "mrrob
         axes[row, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(f"{title}  (suite {suite}; phase encoding left-right)", fontsize=9)
     fig.tight_layout()
-    temp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    try:
-        fig.savefig(temp, dpi=110)
-        os.replace(temp, out)
+    try:  # the format follows `out`'s suffix, not the temporary name's
+        atomic_write(out, lambda temp: fig.savefig(temp, dpi=110, format=out.suffix.lstrip(".") or None))
     except ValueError as err:
         raise MrRobustError(f"cannot write {out}: {err}; use a .png, .pdf or .svg name") from None
     except OSError as err:
         raise MrRobustError(f"cannot write {out}: {err.strerror or err}; choose a writable --out") from None
     finally:
         plt.close(fig)
-        if temp.is_file():
-            temp.unlink()
     return out

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler, default_collate, get_worker_info
 
+from mrrobust.atomic import TEMP_SUFFIX, atomic_write
 from mrrobust.data.annotations import LABELS
 from mrrobust.errors import MrRobustError
 
@@ -39,22 +40,15 @@ VOLUMES = "volumes"
 SPLITS = ("train", "val", "test")
 SLICE_COLUMNS = ("volume", "slice", "split", *LABELS, "labels", "patient_id", "acquisition")
 LABEL_SEPARATOR = "|"
-TEMP_SUFFIX = ".tmp"
 _OPEN_VOLUMES = 64  # memory maps kept open per process (LRU)
 
 
 # ---- atomic writers ----------------------------------------------------------------------
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary name and `os.replace`."""
-    temp = _temp_name(path)
-    temp.write_bytes(data)
-    os.replace(temp, path)
+    """Write `data` to `path` atomically (`mrrobust.atomic`)."""
+    atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def write_json_atomic(path: Path, value) -> None:
@@ -63,11 +57,13 @@ def write_json_atomic(path: Path, value) -> None:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """`np.save` to a temporary name, then `os.replace` onto `path`."""
-    temp = _temp_name(path)
-    with temp.open("wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-    os.replace(temp, path)
+    """`np.save` `array` to `path` atomically (no pickle)."""
+
+    def write(temp: Path) -> None:
+        with temp.open("wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def slices_csv_bytes(rows: list[dict]) -> bytes:

@@ -28,13 +28,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from mrrobust.atomic import atomic_write
 from mrrobust.errors import MrRobustError
 from mrrobust.fft import center_crop, fft2c, ifft2c
 
@@ -655,13 +655,14 @@ def ismrmrd_header(height: int, width: int, crop: int, acquisition: str, coils: 
 
 def _write_h5(path: Path, datasets: dict, attrs: dict) -> None:
     """Write one volume file atomically; no timestamps, so equal content gives equal bytes."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", libver="latest", track_order=False) as hf:
-        for name, data in datasets.items():
-            hf.create_dataset(name, data=data, track_times=False)
-        for name, value in attrs.items():
-            hf.attrs[name] = value
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w", libver="latest", track_order=False) as hf:
+            for name, data in datasets.items():
+                hf.create_dataset(name, data=data, track_times=False)
+            for name, value in attrs.items():
+                hf.attrs[name] = value
+
+    atomic_write(path, write)
 
 
 def write_volume(path: Path, plan: VolumePlan, slices: int, crop: int, multicoil: bool, coils: int) -> None:
@@ -721,9 +722,7 @@ def _write_text(path: Path, text: str) -> None:
     """Write atomically; refuse to replace a different existing file (another synth run)."""
     if path.exists() and path.read_text() != text:
         raise MrRobustError(f"{path} exists with other content (another synth run?); choose an empty OUT or delete it")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _check(volumes, slices, crop, coils, multicoil, seed):

@@ -9,12 +9,12 @@ here.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mrrobust.atomic import atomic_write
 from mrrobust.data.annotations import LABELS
 from mrrobust.errors import MrRobustError
 from mrrobust.models.norms import DEFAULT_GROUP_NORM_IMPL, NORMS, make_norm, memory_format
@@ -69,25 +69,6 @@ def build(config: dict) -> PreActResNet:
 def positive_probability(logits: torch.Tensor) -> torch.Tensor:
     """Logits `(B, L, 2)` -> probability of the positive class `(B, L)` (float32)."""
     return torch.softmax(logits.float(), dim=-1)[..., 1]
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(temp_path)`, then rename onto `path` with the usual file mode (0644 under
-    umask 022; some writers create 0600 files); the temporary file never outlives a failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
