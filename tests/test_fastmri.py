@@ -83,6 +83,16 @@ def test_missing_header_falls_back_to_none(tmp_path):
     assert recon_size_from_header(b'<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"/>') is None
 
 
+def test_double_precision_kspace_is_read_as_complex64(tmp_path):
+    path = tmp_path / "file2.h5"
+    values = (np.arange(2 * 8 * 6).reshape(2, 8, 6) * (1 + 0.5j)).astype(np.complex128)
+    with h5py.File(path, "w") as hf:
+        hf["kspace"] = values
+    kspace = read_volume(path).kspace
+    assert kspace.dtype == np.complex64
+    np.testing.assert_array_equal(kspace, values.astype(np.complex64))
+
+
 def test_crop_larger_than_matrix_is_a_user_error():
     with pytest.raises(MrRobustError, match="crop 64"):
         complex_images(np.ones((1, 32, 40), np.complex64), 64)

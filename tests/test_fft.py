@@ -32,13 +32,19 @@ def test_numpy_and_torch_agree():
     np.testing.assert_allclose(ifft2c(torch.from_numpy(x)).numpy(), ifft2c(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("H, W, h, w", [(640, 368, 320, 320), (20, 14, 10, 8), (21, 15, 10, 9), (9, 8, 9, 8)])
+@pytest.mark.parametrize("H, W, h, w", [(640, 368, 320, 320), (640, 372, 320, 320), (20, 14, 10, 8), (21, 15, 10, 9),
+                                        (20, 14, 9, 7), (21, 15, 21, 15), (9, 8, 9, 8), (8, 9, 1, 1)])
 def test_cropped_inverse_equals_crop_of_inverse(H, W, h, w):
     k = _complex((2, H, W), seed=H)
-    reference = center_crop(ifft2c(k), (h, w))
+    reference = center_crop(ifft2c(k.astype(np.complex128)), (h, w))  # double precision, shifts done in full
     out = ifft2c_cropped(k, (h, w))
     assert out.shape == (2, h, w) and out.dtype == np.complex64 and out.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(out, reference, atol=1e-5 * np.abs(reference).max())
+
+
+def test_cropped_inverse_keeps_leading_axes():
+    k = _complex((2, 3, 12, 10))
+    np.testing.assert_allclose(ifft2c_cropped(k, (6, 4)), center_crop(ifft2c(k), (6, 4)), atol=1e-5)
 
 
 def test_crop_larger_than_input_is_refused():

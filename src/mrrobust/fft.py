@@ -47,30 +47,40 @@ def center_crop(x, shape: tuple[int, int]):
 
 
 def ifft2c_cropped(kspace: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`center_crop(ifft2c(kspace), shape)` for numpy `(..., H, W)` k-space, without the shifts.
+    """`center_crop(ifft2c(kspace), shape)` for numpy complex64 `(..., H, W)` k-space, without the shifts.
 
-    Separable: the readout-axis transform runs first and its rows are cropped before the
-    phase-encode transform. The output fftshift is folded into the crop's indices and, for
-    an even length, the input ifftshift into a (-1)^index sign on the kept outputs, so no
-    full-size shifted copy is made. scipy.fft keeps complex64.
+    One 2-D inverse FFT by torch (MKL on x86 builds: about 1.8x faster than scipy's
+    pocketfft for a 640x368 knee slice). The output fftshift is folded into which samples
+    are kept (at most two blocks per axis), and for an even length the input ifftshift into
+    a (-1)^index sign on the kept samples; only an odd length is shifted.
     """
     _check(kspace, "ifft2c_cropped")
     (h, w), (H, W) = shape, kspace.shape[-2:]
     if h > H or w > W:
         raise ValueError(f"cannot crop {(H, W)} to {(h, w)}: crop larger than the input")
-    return np.ascontiguousarray(_centred_ifft_crop(_centred_ifft_crop(kspace, -2, h), -1, w))
+    x = torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64))
+    odd = [dim for dim, n in zip(_DIMS, (H, W)) if n % 2]
+    if odd:
+        x = torch.fft.ifftshift(x, dim=odd)
+    full = torch.fft.ifft2(x, norm="ortho")
+    (row_blocks, row_sign), (col_blocks, col_sign) = _kept_samples(H, h), _kept_samples(W, w)
+    out = torch.empty(full.shape[:-2] + (h, w), dtype=full.dtype)
+    for src_rows, dst_rows in row_blocks:
+        for src_cols, dst_cols in col_blocks:
+            out[..., dst_rows, dst_cols] = full[..., src_rows, src_cols]
+    out *= torch.from_numpy(np.outer(row_sign, col_sign))
+    return out.numpy()
 
 
-def _centred_ifft_crop(x: np.ndarray, axis: int, n: int) -> np.ndarray:
-    """The central `n` samples of `fftshift(ifft(ifftshift(x)))` along `axis` (orthonormal)."""
-    import scipy.fft as sfft
-
-    N = x.shape[axis]
-    if N % 2:  # odd length: the input shift is not a sign flip
-        x = sfft.ifftshift(x, axes=axis)
-    index = (np.arange((N - n) // 2, (N - n) // 2 + n) - N // 2) % N  # fftshift folded in
-    out = np.take(sfft.ifft(x, axis=axis, norm="ortho"), index, axis=axis)
-    if N % 2 == 0:
-        sign = np.where(index % 2 == 0, 1, -1).astype(out.real.dtype)
-        out *= sign.reshape([n if a == axis % x.ndim else 1 for a in range(x.ndim)])
-    return out
+def _kept_samples(N: int, n: int) -> tuple[list[tuple[slice, slice]], np.ndarray]:
+    """Where the central `n` of `fftshift(ifft(ifftshift(x)))` (length `N`) lie in the plain
+    `ifft(x)` (even N) or `ifft(ifftshift(x))` (odd N): up to two (source, destination)
+    slices, and the float32 sign `(n,)` that turns them into the shifted transform."""
+    start = ((N - n) // 2 - N // 2) % N
+    first = min(n, N - start)
+    blocks = [(slice(start, start + first), slice(0, first))]
+    if first < n:
+        blocks.append((slice(0, n - first), slice(first, n)))
+    index = (np.arange(n) + start) % N
+    sign = np.where((N % 2 == 0) & (index % 2 == 1), -1, 1).astype(np.float32)
+    return blocks, sign

@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mrrobust.data.annotations import LABELS, Annotations, load_annotations
 from mrrobust.data.fastmri import complex_images, read_volume
+from mrrobust.data.readahead import ReadAhead
 from mrrobust.data.store import (
     LABEL_SEPARATOR,
     MANIFEST,
@@ -54,6 +55,7 @@ from mrrobust.errors import MrRobustError
 CHALLENGES = ("singlecoil", "multicoil")
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SOURCE_SPLITS = ("train", "val")
+READ_AHEAD = 2  # files read into the page cache beyond those the workers hold
 SCALE_DEFINITION = (
     "median over train-split volumes of each volume's 99th-percentile magnitude "
     "of its unscaled complex centre-cropped images (every second row and column)"
@@ -189,17 +191,25 @@ def _init_worker() -> None:
 
 
 def _run_volumes(tasks: list, workers: int):
-    """Yield `prepare_volume` results (any order); `workers` > 1 uses a process pool.
+    """Yield `prepare_volume` results (any order); `workers` > 1 uses a process pool. A
+    `ReadAhead` thread reads the next files into the page cache while the volumes compute.
 
-    Fork where the platform has it (works from any caller, even `python -` or a notebook);
-    each worker runs torch single-threaded, which also keeps forked OpenMP safe."""
+    Fork where the platform has it (works from any caller, even `python -` or a notebook),
+    before the read-ahead thread starts; each worker runs torch single-threaded, which also
+    keeps forked OpenMP safe."""
+    files = [task[0] for task in tasks]
     if workers == 1 or len(tasks) < 2:
-        for task in tasks:
-            yield prepare_volume(task)
+        with ReadAhead(files, ahead=1 + READ_AHEAD) as reader:
+            for task in tasks:
+                yield prepare_volume(task)
+                reader.done()
         return
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(prepare_volume, tasks)
+        with ReadAhead(files, ahead=workers + READ_AHEAD) as reader:
+            for result in pool.imap_unordered(prepare_volume, tasks):
+                yield result
+                reader.done()
 
 
 # ---- split, scale, rows --------------------------------------------------------------------
