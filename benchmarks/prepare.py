@@ -11,7 +11,7 @@
 It synthesizes its own data with `synth` in a temporary folder (goal: prepare at least
 half the raw-read speed; Dataset above 2,000 slices/s at 320x320).
 
-    python benchmarks/prepare.py [--volumes 8] [--slices 16] [--crop 320] [--workers 2] [--threads 0] [--device cpu|cuda]
+    python benchmarks/prepare.py [--volumes 40] [--slices 16] [--crop 320] [--workers 2] [--threads 0] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def dataset_rate(store: Path, workers: int, device: str, collate=collate_slices,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--volumes", type=int, default=12)
+    parser.add_argument("--volumes", type=int, default=40, help="synth volumes (about 43 MB each at crop 320); enough that worker start-up is a small share")
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--crop", type=int, default=320)
     parser.add_argument("--workers", type=int, default=2, help="prepare workers for the parallel run")
