@@ -180,33 +180,152 @@ def train(
 
 
 
+# ---- evaluation, report, benchmark -----------------------------------------
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    """Comma-separated text -> the list of its non-empty, stripped parts; None stays None."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _integers(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text)]
+    except ValueError:
+        raise MrRobustError(f"{flag} {text!r}: expected comma-separated integers such as 1,2,3") from None
+
+
+_EVALUATE_HELP = dict(
+    suite="Artifact suite: mrrobust (ours) or study (the released protocol).",
+    artifacts="Comma-separated artifacts (default: all of the suite).",
+    severities="Comma-separated severities 1..5.",
+    split="STORE split to evaluate on.",
+    bn_modes="eval (stored statistics) and/or adapt (AdaBN: statistics re-estimated on each corrupted set).",
+    device="auto, cpu or cuda.",
+    bootstrap="Volume-level bootstrap resamples for the confidence intervals (0: none).",
+)
+
+
+@command
+def evaluate(
+    runs: List[Path] = typer.Argument(..., help="RUN folders written by `mrrobust train` (unique folder names)."),
+    data: Path = typer.Option(..., "--data", help="The STORE the runs were trained on."),
+    out: Path = typer.Option(..., "--out", help="RESULTS folder to write (or to finish, after an interrupted run)."),
+    suite: str = typer.Option("mrrobust", help=_EVALUATE_HELP["suite"]),
+    artifacts: Optional[str] = typer.Option(None, help=_EVALUATE_HELP["artifacts"]),
+    severities: str = typer.Option("1,2,3,4,5", help=_EVALUATE_HELP["severities"]),
+    split: str = typer.Option("test", help=_EVALUATE_HELP["split"]),
+    bn_modes: str = typer.Option("eval,adapt", help=_EVALUATE_HELP["bn_modes"]),
+    batch_size: int = typer.Option(64, help="Slices per batch."),
+    device: str = typer.Option("auto", help=_EVALUATE_HELP["device"]),
+    seed: int = typer.Option(0, help="Seed of the corruptions (per slice) and of the bootstrap."),
+    bootstrap: int = typer.Option(1000, help=_EVALUATE_HELP["bootstrap"]),
+    level: float = typer.Option(0.95, help="Confidence level of the intervals."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Every run on every artifact x severity of a STORE split: predictions, metrics with CIs, paired comparisons."""
+    from mrrobust.evaluation import evaluate as run_grid
+
+    result = run_grid(runs, data, out, suite=suite, artifacts=_names(artifacts),
+                      severities=_integers(severities, "--severities"), split=split, bn_modes=_names(bn_modes),
+                      batch_size=batch_size, device=device, seed=seed, bootstrap=bootstrap, level=level,
+                      progress=not quiet)
+    print(f"{result['out']}: {result['cells']} cells ({result['computed']} computed now, {result['reused']} "
+          f"finished before); results.csv, comparisons.csv, bn_shift.csv")
+
+
+@command
+def report(
+    results: Path = typer.Argument(..., help="RESULTS folder written by `mrrobust evaluate`."),
+    out: Path = typer.Option(..., "--out", help="REPORT folder to write (report.md and figures/)."),
+    reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
+    formats: str = typer.Option("png", help="Figure formats, comma-separated (png, pdf, svg)."),
+):
+    """Tables and figures from a RESULTS folder (no GPU needed): report.md with figures."""
+    from mrrobust.report import report as write_report
+
+    written = write_report(results, out, reference_norm=reference_norm, formats=tuple(_names(formats)))
+    print(f"{written['report']} ({len(written['figures'])} figures)")
+
+
+@command
+def benchmark(
+    data: Path = typer.Option(..., "--data", help="STORE folder written by `mrrobust prepare`."),
+    out: Path = typer.Option(..., "--out", help="Folder for runs/, results/ and report/ (re-run to resume)."),
+    norms: str = typer.Option("batch,group,layer", help="Comma-separated norms to train."),
+    seeds: str = typer.Option("0", help="Comma-separated training seeds (one run per norm and seed)."),
+    depth: int = typer.Option(18, help="ResNet depth: 18 or 34."),
+    width: int = typer.Option(64, help="Base channels."),
+    groups: int = typer.Option(32, help="Groups for group norm."),
+    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
+    batch_size: int = typer.Option(32, help="Training batch size per device."),
+    max_epochs: int = typer.Option(200, help="Upper bound on epochs."),
+    patience: int = typer.Option(5, help="Early stopping patience (epochs)."),
+    augment: Optional[str] = typer.Option(None, help="Train-time artifacts, as for `mrrobust train`."),
+    precision: str = typer.Option("auto", help="Training precision, as for `mrrobust train`."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (GPU)."),
+    accelerator: str = typer.Option("auto", help="auto, cpu or gpu (training)."),
+    devices: int = typer.Option(1, help="Training devices (>1: DDP)."),
+    workers: int = typer.Option(2, help="Data-loader workers for training."),
+    suite: str = typer.Option("mrrobust", help=_EVALUATE_HELP["suite"]),
+    artifacts: Optional[str] = typer.Option(None, help=_EVALUATE_HELP["artifacts"]),
+    severities: str = typer.Option("1,2,3,4,5", help=_EVALUATE_HELP["severities"]),
+    bn_modes: str = typer.Option("eval,adapt", help=_EVALUATE_HELP["bn_modes"]),
+    eval_batch_size: int = typer.Option(64, help="Evaluation batch size."),
+    device: str = typer.Option("auto", help="Evaluation device: auto, cpu or cuda."),
+    bootstrap: int = typer.Option(1000, help=_EVALUATE_HELP["bootstrap"]),
+    reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """train every norm x seed -> evaluate the artifact grid -> report, in one command (resumes)."""
+    from mrrobust.benchmark import benchmark as run_benchmark
+
+    train_options = dict(depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
+                         batch_size=batch_size, max_epochs=max_epochs, patience=patience, augment=augment,
+                         precision=precision, compile=compile, accelerator=accelerator, devices=devices,
+                         workers=workers, quiet=quiet)
+    evaluate_options = dict(suite=suite, artifacts=_names(artifacts), severities=_integers(severities, "--severities"),
+                            bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap)
+    result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
+                           evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet)
+    _print_runs(result["runs"])
+    print(f"report {result['report']['report']}")
+
+
+def _print_runs(runs: dict) -> None:
+    from mrrobust.training import MONITOR
+
+    for name, best in runs.items():
+        aucs = " ".join(f"{k.removeprefix('val_auc_')} {float(v):.3f}" for k, v in best.items()
+                        if k.startswith("val_auc_") and k != MONITOR and v)
+        print(f"{name:>14}: best epoch {best.get('epoch')}, mean validation AUC "
+              f"{float(best.get(MONITOR, 'nan')):.3f} ({aucs}) -> {best['run']}")
+
+
 # ---- demo --------------------------------------------------------------------
 
 
 @command
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, STORE, runs and gallery."),
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, STORE, runs, results, report and gallery."),
     volumes: int = typer.Option(96, help="Synthetic volumes."),
     slices: int = typer.Option(16, help="Slices per volume."),
     crop: int = typer.Option(64, help="Image size in pixels (small, so it runs on a laptop CPU)."),
     width: int = typer.Option(16, help="ResNet base width."),
     epochs: int = typer.Option(8, help="Training epochs per norm."),
-    seed: int = typer.Option(0, help="One seed for data, split and training."),
+    seed: int = typer.Option(0, help="One seed for data, split, training and corruptions."),
+    bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
-    """synth -> prepare -> train batch/group/layer norm -> artifact gallery, small, on the CPU. Resumes."""
+    """synth -> prepare -> train batch/group/layer norm -> evaluate the artifact grid -> report, small, on the CPU. Resumes."""
     from mrrobust.benchmark import demo as run_demo
-    from mrrobust.training import MONITOR
 
     summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, width=width, epochs=epochs,
-                       seed=seed, progress=not quiet)
+                       seed=seed, bootstrap=bootstrap, progress=not quiet)
     print(f"STORE {summary['store']}")
-    for norm, best in summary["runs"].items():
-        aucs = " ".join(f"{k.removeprefix('val_auc_')} {float(v):.3f}" for k, v in best.items()
-                        if k.startswith("val_auc_") and k != MONITOR and v)
-        print(f"{norm:>6} norm: best epoch {best.get('epoch')}, mean validation AUC "
-              f"{float(best.get(MONITOR, 'nan')):.3f} ({aucs}) -> {best['run']}")
-    print(f"gallery {summary['gallery']}")
+    _print_runs(summary["runs"])
+    print(f"results {summary['results']}\nreport {summary['report']}\ngallery {summary['gallery']}")
 
 
 def main() -> None:
