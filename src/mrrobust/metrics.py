@@ -69,3 +69,349 @@ def operating_point(targets, scores, min_sensitivity: float = MIN_SENSITIVITY,
                   sensitivity=float(tpr[index]) if positives else math.nan,
                   specificity=float(1.0 - fpr[index]) if negatives else math.nan)
     return result
+
+
+# ---- evaluation: thresholds, cluster bootstrap, paired tests, corruption errors ---------------
+#
+# A bootstrap resample is a row of non-negative weights `(N,)` (how often each slice was drawn);
+# `weights` `(B, N)` holds B of them. Every weighted metric equals the plain metric on the data
+# with each slice repeated `weight` times, so integer weights are exactly row duplication.
+
+METRICS = ("auc", "sensitivity", "specificity", "balanced_accuracy")
+MEAN_LABEL = "mean"
+DEGRADATION_BASE = 2.0 / 3.0  # ROOD-MRI: severity s weighs a**s
+
+
+def _finite_binary(targets, scores) -> tuple[np.ndarray, np.ndarray]:
+    targets, scores = _binary(targets, scores)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"scores hold {int((~np.isfinite(scores)).sum())} non-finite values")
+    return targets, scores
+
+
+def _resample_weights(weights, n: int) -> np.ndarray:
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != n:
+        raise ValueError(f"weights {weights.shape} must be (B, {n})")
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError("weights must be finite and non-negative")
+    return weights
+
+
+def _labelled(targets, scores, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    from mrrobust.data.annotations import LABELS
+
+    targets, scores = np.asarray(targets), np.asarray(scores, dtype=np.float64)
+    if targets.ndim != 2 or targets.shape[1] != len(LABELS) or scores.shape != targets.shape:
+        raise ValueError(f"targets {targets.shape} and {name} {scores.shape} must both be (N, {len(LABELS)})")
+    return targets, scores
+
+
+def _check_level(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level {level} must lie strictly between 0 and 1")
+    return float(level)
+
+
+def _divide(numerator, denominator) -> np.ndarray:
+    """`numerator / denominator`, NaN where the denominator is 0 (no warning)."""
+    numerator, denominator = np.broadcast_arrays(np.asarray(numerator, np.float64),
+                                                 np.asarray(denominator, np.float64))
+    out = np.full(numerator.shape, math.nan)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def _nanmean(values, axis=None):
+    """Mean over the finite entries along `axis`; NaN where there is none (no warning)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    return _divide(np.where(finite, values, 0.0).sum(axis=axis), finite.sum(axis=axis))
+
+
+def _finite_resamples(resamples: np.ndarray) -> np.ndarray | None:
+    """The finite resamples of `(B,)`; None when fewer than half of them are finite."""
+    finite = resamples[np.isfinite(resamples)]
+    return None if finite.size == 0 or 2 * finite.size < resamples.size else finite
+
+
+def _percentile_interval(resamples: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite resamples `(B,)`; NaN when fewer than half are finite."""
+    finite = _finite_resamples(resamples)
+    if finite is None:
+        return math.nan, math.nan
+    low, high = np.percentile(finite, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
+    return float(low), float(high)
+
+
+def _bootstrap_p(difference: float, resamples: np.ndarray) -> float:
+    """Two-sided paired-bootstrap p: the share of finite resamples on the other side of 0 from
+    `difference` (0 included), doubled, floored at 1 / (finite resamples), at most 1. NaN when
+    `difference` is NaN or fewer than half the resamples are finite; 1 when `difference` is 0."""
+    finite = _finite_resamples(resamples)
+    if not math.isfinite(difference) or finite is None:
+        return math.nan
+    if difference == 0:
+        return 1.0
+    other_side = (finite <= 0) if difference > 0 else (finite >= 0)
+    return float(min(1.0, max(2.0 * other_side.mean(), 1.0 / finite.size)))
+
+
+AUC_BLOCK = 64  # resamples per block of `_weighted_auc`: its temporaries stay in cache
+
+
+def _weighted_auc(targets: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`weighted_auc` on checked input, O(B N). The smaller class is sorted once; per block of
+    resamples its weights are summed cumulatively (block, K + 1), and for each slice of the other
+    class the weight of the smaller class scoring below it plus half the weight tied with it is
+    the midpoint of the cumulative sums at the two `searchsorted` bounds of its score (one bound
+    when no score is tied across the classes). With positives as the smaller class this counts
+    the pairs a negative wins, hence `pairs - wins`."""
+    positives_counted = targets.sum() <= (~targets).sum()
+    counted, other = (targets, ~targets) if positives_counted else (~targets, targets)
+    counted, other = np.flatnonzero(counted), np.flatnonzero(other)
+    counted = counted[np.argsort(scores[counted], kind="stable")]
+    bounds = [np.searchsorted(scores[counted], scores[other], side=side) for side in ("left", "right")]
+    if np.array_equal(*bounds):
+        bounds = bounds[:1]
+    wins, pairs = np.empty(weights.shape[0]), np.empty(weights.shape[0])
+    for start in range(0, weights.shape[0], AUC_BLOCK):
+        block = weights[start:start + AUC_BLOCK]
+        cumulative = np.zeros((block.shape[0], counted.size + 1))
+        np.cumsum(np.take(block, counted, axis=1), axis=1, out=cumulative[:, 1:])
+        beaten = sum(np.take(cumulative, bound, axis=1) for bound in bounds) / len(bounds)
+        other_weights = np.take(block, other, axis=1)
+        wins[start:start + AUC_BLOCK] = np.einsum("bk,bk->b", other_weights, beaten)
+        pairs[start:start + AUC_BLOCK] = other_weights.sum(axis=1) * cumulative[:, -1]
+    return _divide(pairs - wins if positives_counted else wins, pairs)
+
+
+def weighted_auc(targets, scores, weights) -> np.ndarray:
+    """ROC AUC `(B,)` of every weighted resample: targets and scores `(N,)`, weights `(B, N)`.
+
+    AUC = sum over (positive i, negative j) of w_i w_j ([s_i > s_j] + [s_i == s_j] / 2) divided by
+    (sum of positive weights)(sum of negative weights); NaN for a resample with zero weight on
+    either class. Weights of ones give `auc`. O(B N): one sort, then cumulative sums over blocks
+    of `AUC_BLOCK` resamples (no loop over single resamples).
+    """
+    targets, scores = _finite_binary(targets, scores)
+    return _weighted_auc(targets, scores, _resample_weights(weights, targets.size))
+
+
+def _weighted_threshold_metrics(targets: np.ndarray, scores: np.ndarray, threshold: float,
+                                weights: np.ndarray) -> dict[str, np.ndarray]:
+    if math.isnan(threshold):
+        undefined = np.full(weights.shape[0], math.nan)
+        return {metric: undefined.copy() for metric in METRICS[1:]}
+    called = scores >= threshold
+    classes = np.stack([targets & called, targets, ~targets & ~called, ~targets]).astype(np.float64)
+    # einsum, not `@`: BLAS threads left spinning after a matmul slow the next numpy calls
+    true_positive, positive, true_negative, negative = np.einsum("bn,kn->kb", weights, classes)
+    sensitivity, specificity = _divide(true_positive, positive), _divide(true_negative, negative)
+    return {"sensitivity": sensitivity, "specificity": specificity,
+            "balanced_accuracy": 0.5 * (sensitivity + specificity)}
+
+
+def weighted_threshold_metrics(targets, scores, threshold: float, weights) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity and balanced accuracy `(B,)` of every weighted resample (weights
+    `(B, N)`), a slice called positive when `score >= threshold`. NaN where a class has zero
+    weight (balanced accuracy then NaN too) and everywhere for a NaN threshold."""
+    targets, scores = _finite_binary(targets, scores)
+    return _weighted_threshold_metrics(targets, scores, float(threshold),
+                                       _resample_weights(weights, targets.size))
+
+
+def threshold_metrics(targets, scores, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity and balanced accuracy (floats) of `score >= threshold` on
+    targets and scores `(N,)`; NaN where a class is absent or the threshold is NaN."""
+    targets, scores = _finite_binary(targets, scores)
+    ones = np.ones((1, targets.size))
+    return {metric: float(values[0]) for metric, values in
+            _weighted_threshold_metrics(targets, scores, float(threshold), ones).items()}
+
+
+def cluster_weights(groups, n_boot: int, seed: int) -> np.ndarray:
+    """Cluster (volume-level) bootstrap weights `(n_boot, N)` float64 for `groups` `(N,)`.
+
+    The G distinct groups are sorted (`np.unique`); resample b draws G group indices with
+    replacement, row b of `np.random.default_rng(seed).integers(0, G, size=(n_boot, G))`, and a
+    slice's weight is how often its group was drawn. The weights depend only on the sorted
+    distinct groups, each row's group, `n_boot` and `seed`: reordering the rows reorders the
+    columns, and every model evaluated on the same slices gets the same resamples.
+    """
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or groups.size == 0:
+        raise ValueError(f"groups {groups.shape} must be a non-empty (N,) array")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot {n_boot!r} must be a positive integer")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed {seed!r} must be an integer")
+    distinct, group_of_row = np.unique(groups, return_inverse=True)
+    count = distinct.size
+    draws = np.random.default_rng(seed).integers(0, count, size=(n_boot, count))
+    offsets = count * np.arange(n_boot)[:, None]
+    drawn = np.bincount((draws + offsets).ravel(), minlength=n_boot * count).reshape(n_boot, count)
+    return np.take(drawn, group_of_row.ravel(), axis=1).astype(np.float64)
+
+
+def _per_label(targets: np.ndarray, scores: np.ndarray, thresholds, weights) -> tuple[dict, dict]:
+    """Point values `{label: {metric: float}}` and resamples `{label: {metric: (B,)}}` (empty
+    without weights), "mean" included: the mean over the labels where defined."""
+    from mrrobust.data.annotations import LABELS
+
+    values, resamples = {}, {}
+    for k, label in enumerate(LABELS):
+        target, score = targets[:, k].astype(bool), scores[:, k]
+        values[label] = {"auc": auc(target, score), **threshold_metrics(target, score, thresholds[k])}
+        if weights is not None:
+            resamples[label] = {"auc": _weighted_auc(target, score, weights),
+                                **_weighted_threshold_metrics(target, score, float(thresholds[k]), weights)}
+    values[MEAN_LABEL] = {metric: float(_nanmean([values[label][metric] for label in LABELS]))
+                          for metric in METRICS}
+    if weights is not None:
+        resamples[MEAN_LABEL] = {metric: _nanmean([resamples[label][metric] for label in LABELS], axis=0)
+                                 for metric in METRICS}
+    return values, resamples
+
+
+def cell_metrics(targets, scores, thresholds, weights=None, level: float = 0.95) -> list[dict]:
+    """One evaluation cell: rows `{label, metric, value, ci_low, ci_high}` for every label in
+    LABELS then "mean" (the mean over the labels where the metric is defined), and every metric
+    in METRICS. targets and scores `(N, 4)`, thresholds `(4,)` (NaN: threshold metrics NaN),
+    weights `(B, N)` from `cluster_weights` or None. `value` is on the unweighted data; the CI is
+    the `level` percentile interval of the finite resamples (NaN without weights or when fewer
+    than half the resamples are finite)."""
+    targets, scores = _labelled(targets, scores)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"scores hold {int((~np.isfinite(scores)).sum())} non-finite values")
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (targets.shape[1],):
+        raise ValueError(f"thresholds {thresholds.shape} must be ({targets.shape[1]},)")
+    level = _check_level(level)
+    if weights is not None:
+        weights = _resample_weights(weights, targets.shape[0])
+    values, resamples = _per_label(targets, scores, thresholds, weights)
+    rows = []
+    for label, metrics in values.items():
+        for metric in METRICS:
+            low, high = (_percentile_interval(resamples[label][metric], level) if resamples
+                         else (math.nan, math.nan))
+            rows.append({"label": label, "metric": metric, "value": metrics[metric],
+                         "ci_low": low, "ci_high": high})
+    return rows
+
+
+def paired_difference(targets, scores_a, scores_b, weights, level: float = 0.95) -> list[dict]:
+    """Paired bootstrap of the AUC difference of two models on the same slices: rows `{label,
+    metric: "auc", difference (b - a), ci_low, ci_high, p_value}` per label and "mean".
+    targets and scores `(N, 4)`, weights `(B, N)` (the same resamples for both models). The CI is
+    the percentile interval of the resampled differences; p is two-sided: the share of finite
+    resamples on the other side of 0 (0 included), doubled, floored at 1 / (finite resamples,
+    B when all are finite), at most 1; CI and p are NaN when fewer than half are finite."""
+    from mrrobust.data.annotations import LABELS
+
+    targets, scores_a = _labelled(targets, scores_a, "scores_a")
+    _, scores_b = _labelled(targets, scores_b, "scores_b")
+    if not (np.isfinite(scores_a).all() and np.isfinite(scores_b).all()):
+        raise ValueError("scores_a and scores_b must be finite")
+    weights, level = _resample_weights(weights, targets.shape[0]), _check_level(level)
+    differences, resampled = {}, {}
+    for k, label in enumerate(LABELS):
+        target = targets[:, k].astype(bool)
+        differences[label] = auc(target, scores_b[:, k]) - auc(target, scores_a[:, k])
+        resampled[label] = (_weighted_auc(target, scores_b[:, k], weights)
+                            - _weighted_auc(target, scores_a[:, k], weights))
+    differences[MEAN_LABEL] = float(_nanmean(list(differences.values())))
+    resampled[MEAN_LABEL] = _nanmean(list(resampled.values()), axis=0)
+    rows = []
+    for label, difference in differences.items():
+        low, high = _percentile_interval(resampled[label], level)
+        rows.append({"label": label, "metric": "auc", "difference": difference, "ci_low": low,
+                     "ci_high": high, "p_value": _bootstrap_p(difference, resampled[label])})
+    return rows
+
+
+def delong(targets, scores_a, scores_b) -> dict[str, float]:
+    """DeLong, DeLong & Clarke-Pearson (1988) test of two correlated AUCs on the same slices, in
+    the fast midrank form of Sun & Xu (2014), O(N log N).
+
+    With m positives and n negatives, midranks among the positives (T_x), the negatives (T_y)
+    and all slices (T_z) give the structural components V10_i = (T_z,i - T_x,i) / n and
+    V01_j = 1 - (T_z,j - T_y,j) / m; AUC = mean V10; S = cov(V10) / m + cov(V01) / n (2x2,
+    ddof 1); se = sqrt(S_aa + S_bb - 2 S_ab); z = (auc_b - auc_a) / se; p = 2 (1 - Phi(|z|)).
+    Returns `{auc_a, auc_b, difference (b - a), se, z, p_value}`: all NaN with one class absent;
+    se, z, p NaN with a single positive or negative; z = 0, p = 1 when se = 0 and the AUCs agree.
+    """
+    from scipy.stats import norm, rankdata
+
+    targets, scores_a = _finite_binary(targets, scores_a)
+    _, scores_b = _finite_binary(targets, scores_b)
+    result = dict.fromkeys(("auc_a", "auc_b", "difference", "se", "z", "p_value"), math.nan)
+    m, n = int(targets.sum()), int((~targets).sum())
+    if m == 0 or n == 0:
+        return result
+    scores = np.stack([scores_a, scores_b])  # (2, N)
+    positives, negatives = scores[:, targets], scores[:, ~targets]
+    rank_all = rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
+    v10 = (rank_all[:, :m] - rankdata(positives, axis=1)) / n  # (2, m)
+    v01 = 1.0 - (rank_all[:, m:] - rankdata(negatives, axis=1)) / m  # (2, n)
+    aucs = v10.mean(axis=1)
+    difference = float(aucs[1] - aucs[0])
+    result.update(auc_a=float(aucs[0]), auc_b=float(aucs[1]), difference=difference)
+    if m < 2 or n < 2:
+        return result
+    covariance = np.cov(v10) / m + np.cov(v01) / n
+    variance = covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1]
+    se = math.sqrt(max(variance, 0.0))
+    if se == 0.0:
+        z = 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
+    else:
+        z = difference / se
+    result.update(se=se, z=z, p_value=float(2.0 * norm.sf(abs(z))))
+    return result
+
+
+def corruption_errors(table: dict, reference: str) -> dict[str, dict]:
+    """ImageNet-C corruption errors and the ROOD-MRI degradation from AUCs.
+
+    `table[model][artifact]` = AUCs over severities 1..S (a list), `table[model]["clean"]` = the
+    clean AUC; every model has the reference's artifacts and ladder lengths. With error
+    E = 1 - AUC, per model and artifact c: CE_c = sum_s E_s(f) / sum_s E_s(ref); relative
+    CE_c = sum_s (E_s(f) - E_clean(f)) / sum_s (E_s(ref) - E_clean(ref)); degradation_c =
+    sum_s a^s (AUC_clean - AUC_s) / sum_s a^s with a = 2/3, s = 1..S. A ratio whose reference
+    sum is 0 is NaN; "mce" and "relative_mce" are the means over the artifacts where defined.
+    Returns `{model: {"ce": {c: CE}, "mce", "relative_ce": {c: ..}, "relative_mce",
+    "degradation": {c: ..}}}`; the reference model's CE is 1 wherever defined.
+    """
+    if reference not in table:
+        raise ValueError(f"reference model {reference!r} is not in the table ({sorted(table)})")
+
+    def ladders(model: str) -> tuple[float, dict[str, np.ndarray]]:
+        row = table[model]
+        if "clean" not in row:
+            raise ValueError(f"model {model!r} has no 'clean' AUC")
+        return float(row["clean"]), {artifact: np.asarray(aucs, dtype=np.float64).ravel()
+                                     for artifact, aucs in row.items() if artifact != "clean"}
+
+    reference_clean, reference_ladders = ladders(reference)
+    result = {}
+    for model in table:
+        clean, model_ladders = ladders(model)
+        ce, relative_ce, degradation = {}, {}, {}
+        for artifact, aucs in model_ladders.items():
+            reference_aucs = reference_ladders.get(artifact)
+            if reference_aucs is None or reference_aucs.shape != aucs.shape or aucs.size == 0:
+                raise ValueError(f"model {model!r} artifact {artifact!r}: {aucs.size} severities, "
+                                 f"the reference {reference!r} has "
+                                 f"{'none' if reference_aucs is None else reference_aucs.size}")
+            errors, reference_errors = 1.0 - aucs, 1.0 - reference_aucs
+            ce[artifact] = float(_divide(errors.sum(), reference_errors.sum()))
+            relative_ce[artifact] = float(_divide((errors - (1.0 - clean)).sum(),
+                                                  (reference_errors - (1.0 - reference_clean)).sum()))
+            severity_weights = DEGRADATION_BASE ** np.arange(1, aucs.size + 1)
+            degradation[artifact] = float((severity_weights * (clean - aucs)).sum() / severity_weights.sum())
+        result[model] = {"ce": ce, "mce": float(_nanmean(list(ce.values()))),
+                         "relative_ce": relative_ce,
+                         "relative_mce": float(_nanmean(list(relative_ce.values()))),
+                         "degradation": degradation}
+    return result
