@@ -14,11 +14,15 @@ def test_demo_end_to_end_and_resume(tmp_path):
         assert best["epoch"] == "0" and 0.0 <= float(best["val_auc_mean"]) <= 1.0
         assert (out / "runs" / f"{norm}-seed0" / "model.safetensors").is_file()
     assert (out / "gallery.png").stat().st_size > 10_000
+    results = out / "results" / "results.csv"
+    assert {"noise", "motion", "clean"} <= {line.split(",")[4] for line in results.read_text().splitlines()[1:]}
+    report = (out / "report" / "report.md").read_text()
+    assert "Corruption errors" in report or "mCE" in report
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
-    demo(out, **kwargs)  # every step finished: nothing is trained again
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("*.safetensors"), *out.rglob("*.npy")]}
+    demo(out, **kwargs)  # every step finished: nothing is trained or predicted again
+    assert {p: p.stat().st_mtime_ns for p in [*out.rglob("*.safetensors"), *out.rglob("*.npy")]} == stamps
 
 
 def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):

@@ -1,9 +1,10 @@
-"""The demo: synthetic data -> STORE -> one small classifier per norm -> artifact gallery.
+"""The benchmark (train every norm x seed -> evaluate the artifact grid -> report) and the
+demo (synthetic data -> STORE -> the benchmark, small, on the CPU).
 
-Every step writes a folder a later step reads and is skipped when its output is
-already complete, so a killed demo re-run continues where it stopped. `out/demo.json`
-records the settings; a re-run with other settings into the same folder is refused.
-Evaluation over the artifact grid and the report join here once they exist.
+Every step writes a folder a later step reads and resumes or is skipped when its output
+is complete, so a killed benchmark or demo re-run continues where it stopped. The demo's
+`out/demo.json` records its settings; a re-run with other settings into the same folder is
+refused.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ from mrrobust.data.store import MANIFEST, write_json_atomic
 from mrrobust.errors import MrRobustError
 
 DEMO_NORMS = ("batch", "group", "layer")
-
-
-def _run_complete(run: Path) -> bool:
-    return all((run / name).is_file() for name in ("config.json", "model.safetensors", "metrics.csv", "operating_points.json"))
 
 
 def _claim(out: Path, settings: dict) -> None:
@@ -37,39 +34,65 @@ def _claim(out: Path, settings: dict) -> None:
         write_json_atomic(record, settings)
 
 
-def demo(out: Path, volumes: int = 96, slices: int = 16, crop: int = 64, width: int = 16,
-         epochs: int = 8, seed: int = 0, norms=DEMO_NORMS, progress: bool = True) -> dict:
-    """Run the whole pipeline small under `out`; returns {step: result} and writes
-    `out/summary.json`. Sizes: `crop` px slices, a ResNet-18 of base width `width`."""
-    from mrrobust.artifacts.gallery import gallery, load_slice
-    from mrrobust.data.prepare import prepare
-    from mrrobust.data.synth import synth
+def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_options: dict | None = None,
+              evaluate_options: dict | None = None, reference_norm: str = "batch", progress: bool = True) -> dict:
+    """Train every norm x seed into `out/runs/<norm>-seed<k>`, evaluate them on the artifact
+    grid into `out/results`, and report into `out/report`. `train_options` go to
+    `training.train` (not norm, seed, resume), `evaluate_options` to `evaluation.evaluate`.
+    Returns {"runs": {name: best epoch row}, "results": evaluate's summary, "report": report's}."""
+    from mrrobust.evaluation import evaluate
+    from mrrobust.report import report
     from mrrobust.training import train
 
     out = Path(out)
+    norms, seeds = list(norms), [int(seed) for seed in seeds]
+    if not norms or not seeds:
+        raise MrRobustError("benchmark needs at least one norm and one seed; pass --norms and --seeds")
+    runs = {}
+    for seed in seeds:
+        for norm in norms:
+            run = out / "runs" / f"{norm}-seed{seed}"
+            if progress:
+                print(f"train {norm} norm, seed {seed} -> {run}", flush=True)
+            # a finished run is not trained again; a killed one continues from its checkpoint
+            train(store, run, norm, seed=seed, resume=(run / "checkpoints" / "last.ckpt").exists(),
+                  **(train_options or {}))
+            runs[run.name] = _best_epoch(run)
+    results = evaluate([out / "runs" / name for name in runs], store, out / "results", progress=progress,
+                       **(evaluate_options or {}))
+    written = report(out / "results", out / "report", reference_norm=reference_norm)
+    return {"runs": runs, "results": results, "report": written}
+
+
+def demo(out: Path, volumes: int = 96, slices: int = 16, crop: int = 64, width: int = 16,
+         epochs: int = 8, seed: int = 0, norms=DEMO_NORMS, bootstrap: int = 200, progress: bool = True) -> dict:
+    """Run the whole pipeline small under `out`; returns {step: result} and writes
+    `out/summary.json`. Sizes: `crop` px slices, a ResNet-18 of base width `width`;
+    `bootstrap` resamples for the confidence intervals."""
+    from mrrobust.artifacts.gallery import gallery, load_slice
+    from mrrobust.data.prepare import prepare
+    from mrrobust.data.synth import synth
+
+    out = Path(out)
     _claim(out, dict(volumes=volumes, slices=slices, crop=crop, width=width, epochs=epochs, seed=seed,
-                     norms=list(norms)))
+                     norms=list(norms), bootstrap=bootstrap))
     raw, store = out / "synth", out / "store"
     if not (raw / "annotations" / "knee_file_list.csv").is_file():
         shutil.rmtree(raw, ignore_errors=True)  # synth was interrupted: it takes seconds, redo it
         synth(raw, volumes=volumes, slices=slices, crop=crop, seed=seed, progress=progress)
     if not (store / MANIFEST).is_file():
         prepare(raw / "knee", store, annotations=raw / "annotations", crop=crop, seed=seed, progress=progress)
-    runs = {}
-    for norm in norms:
-        run = out / "runs" / f"{norm}-seed{seed}"
-        if not _run_complete(run):
-            if progress:
-                print(f"train {norm} norm: ResNet-18 width {width}, {epochs} epochs -> {run}", flush=True)
-            # the study's lr (1e-5) needs hundreds of epochs; the demo's tiny net learns at 1e-3
-            train(store, run, norm, width=width, groups=4, lr=1e-3, batch_size=32, max_epochs=epochs,
-                  patience=epochs, seed=seed, workers=0, accelerator="cpu",
-                  resume=(run / "checkpoints" / "last.ckpt").exists(), quiet=True)
-        runs[norm] = _best_epoch(run)
+    # the study's lr (1e-5) needs hundreds of epochs; the demo's tiny net learns at 1e-3
+    train_options = dict(width=width, groups=4, lr=1e-3, batch_size=32, max_epochs=epochs, patience=epochs,
+                         workers=0, accelerator="cpu", quiet=True)
+    evaluate_options = dict(device="cpu", seed=seed, bootstrap=bootstrap, batch_size=128)
+    result = benchmark(store, out, norms, (seed,), train_options=train_options,
+                       evaluate_options=evaluate_options, progress=progress)
     image, label = load_slice(store)
     figure = gallery(image, out / "gallery.png", title=label, seed=seed)
-    summary = {"store": str(store), "runs": runs, "gallery": str(figure)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"store": str(store), "runs": {name.rsplit("-seed", 1)[0]: best for name, best in result["runs"].items()},
+               "results": str(out / "results"), "report": str(result["report"]["report"]), "gallery": str(figure)}
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
