@@ -28,7 +28,7 @@ import torch
 from mrrobust.artifacts import SUITES
 from mrrobust.data.annotations import LABELS
 from mrrobust.data.prepare import prepare
-from mrrobust.data.store import write_json_atomic
+from mrrobust.data.store import read_manifest, write_json_atomic
 from mrrobust.data.synth import synth
 from mrrobust.evaluation import evaluate
 from mrrobust.models import build, model_config, save
@@ -40,7 +40,7 @@ def make_run(run: Path, store: Path, norm: str, width: int, seed: int) -> None:
     model = build(model_config(norm=norm, width=width, groups=min(32, width // 2)))
     config = {"format": "mrrobust-run", "version": 1, "model": model_config(norm=norm, width=width, groups=min(32, width // 2)),
               "training": {"seed": seed, "note": "untrained: benchmarks/evaluate.py"},
-              "store": {"path": str(store)}}
+              "store": {"path": str(store), "scale": read_manifest(store)["scale"], "crop": read_manifest(store)["crop"]}}
     save(model, config, run)
     points = {label: {"threshold": 0.5} for label in LABELS}
     write_json_atomic(run / "operating_points.json", {"split": "val", "clean": True, "labels": points})
