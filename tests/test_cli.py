@@ -15,7 +15,8 @@ def run(*args):
 
 
 def test_every_step_of_the_pipeline_is_a_command():
-    assert {"synth", "prepare", "artifacts", "gallery", "train", "demo"} <= set(COMMANDS)
+    assert {"synth", "prepare", "artifacts", "gallery", "train", "evaluate", "report", "benchmark",
+            "demo"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -37,3 +38,18 @@ def test_usage_error_is_one_line_and_exit_2(args, says):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["evaluate", "no/such/run", "--data", "no/store", "--out", "res"], "RUN folder no/such/run does not exist"),
+    (["evaluate", "r", "--data", "s", "--out", "o", "--severities", "1,x"], "--severities '1,x'"),
+    (["benchmark", "--data", "no/store", "--out", "b", "--seeds", "0,a"], "--seeds '0,a'"),
+    (["report", "no/such/results", "--out", "rep"], "mrrobust evaluate"),
+])
+def test_evaluation_commands_refuse_bad_input_in_one_line(tmp_path, args, says):
+    result = subprocess.run([sys.executable, "-m", "mrrobust.cli", *args], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
