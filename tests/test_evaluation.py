@@ -301,6 +301,7 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, tmp_path):
         (dict(artifacts=["nosie"]), "unknown artifact 'nosie'"),
         (dict(severities=[0, 1]), "severities"),
         (dict(bn_modes=["train"]), "bn_modes"),
+        (dict(bn_modes=["adapt"]), "must be eval, or eval and adapt"),
         (dict(store=no_test), "no 'test' slices"),
         (dict(store=tmp_path / "nowhere"), "not a finished STORE"),
         (dict(out=busy), "holds no evaluation.json"),
@@ -313,3 +314,29 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, tmp_path):
         assert "\n" not in str(err.value)
         assert not out.exists()
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+
+
+def test_non_finite_predictions_are_refused_and_redone_on_resume(runs, tiny_store, tmp_path, monkeypatch):
+    from mrrobust import evaluation
+
+    out = tmp_path / "results"
+    real = evaluation._predict
+    monkeypatch.setattr(evaluation, "_predict", lambda *a, **k: real(*a, **k) * np.nan)
+    with pytest.raises(MrRobustError, match="NaN or inf") as err:
+        evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
+                 bootstrap=0, progress=False)
+    assert "\n" not in str(err.value)
+    assert not list((out / "predictions").rglob("*.npy"))  # nothing counted as finished
+    monkeypatch.setattr(evaluation, "_predict", real)
+    summary = evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
+                       bootstrap=0, progress=False)
+    assert summary["computed"] == 2 and summary["reused"] == 0
+
+
+def test_benchmark_refuses_bad_evaluate_settings_before_training(tiny_store, tmp_path):
+    from mrrobust.benchmark import benchmark
+
+    with pytest.raises(MrRobustError, match="severities"):
+        benchmark(tiny_store, tmp_path / "bench", ("batch",), (0,), evaluate_options={"severities": [7]},
+                  progress=False)
+    assert not (tmp_path / "bench").exists()

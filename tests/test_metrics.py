@@ -153,7 +153,8 @@ def test_cluster_weights_reject_bad_input():
 
 def brute_cell(targets, scores, thresholds, weights, level):
     """Per resample: sklearn AUC with sample_weight and brute-force threshold metrics on the
-    duplicated rows; "mean" = nanmean over labels; np.percentile over the finite resamples."""
+    duplicated rows; "mean" = the mean over the labels defined on the full data (NaN in a
+    resample where one of them is undefined); np.percentile over the finite resamples."""
     resamples = {}
     for b, row in enumerate(weights.astype(int)):
         for k, label in enumerate(LABELS):
@@ -163,10 +164,12 @@ def brute_cell(targets, scores, thresholds, weights, level):
             for metric, value in values.items():
                 resamples.setdefault((label, metric), []).append(value)
     for metric in METRICS:
-        stacked = np.array([resamples[(label, metric)] for label in LABELS])
-        with warnings.catch_warnings():  # a resample where every label is NaN: mean NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            resamples[("mean", metric)] = np.nanmean(stacked, axis=0)
+        full = {label: (roc_auc_score(targets[:, k], scores[:, k]) if 0 < targets[:, k].sum() < len(targets) else math.nan)
+                if metric == "auc" else brute_threshold_metrics(targets[:, k], scores[:, k], thresholds[k])[metric]
+                for k, label in enumerate(LABELS)}
+        defined = [label for label in LABELS if math.isfinite(full[label])]
+        stacked = np.array([resamples[(label, metric)] for label in defined])
+        resamples[("mean", metric)] = stacked.mean(axis=0) if defined else np.full(len(weights), math.nan)
     intervals = {}
     for key, values in resamples.items():
         values = np.asarray(values)
@@ -221,7 +224,8 @@ def test_cell_metrics_without_weights_and_with_mostly_undefined_resamples():
             assert math.isfinite(by_key[("acl", metric)]["ci_low"]) == defined
             assert math.isfinite(by_key[("acl", metric)]["ci_high"]) == defined
         assert math.isfinite(by_key[("acl", "specificity")]["ci_low"])
-        assert math.isfinite(by_key[("mean", "auc")]["ci_low"])  # the mean uses the other labels
+        # acl is defined on the full data, so the mean needs it in every resample: same rule as acl's own
+        assert math.isfinite(by_key[("mean", "auc")]["ci_low"]) == defined
 
 
 def test_cell_metrics_one_class_everywhere_is_nan_not_a_crash():
@@ -260,7 +264,7 @@ def test_paired_difference_by_hand():
     expected = {  # difference, 25th and 75th percentile (linear interpolation), p
         "abnormal": (0.5, 0.375, 0.625, 0.5),     # one of 4 resamples <= 0, doubled
         "mtear": (2 / 3, 2 / 3, 5 / 6, 1 / 3),    # none of 3 finite: floored at 1/3
-        "mean": (7 / 12, 0.5625, 0.6875, 0.25),   # resampled means 1/2, 1, 7/12, 7/12
+        "mean": (7 / 12, 13 / 24, 7 / 12, 1 / 3),  # resampled means 1/2, NaN (mtear lost), 7/12, 7/12
     }
     for label, (difference, low, high, p) in expected.items():
         row = rows[label]
@@ -338,16 +342,17 @@ def test_corruption_errors_by_hand():
     # noise: errors 0.1..0.3 (sum 1.0) against 0.2..0.6 (sum 2.0); relative (1 - 5 * 0.05) / (2 - 5 * 0.1)
     # blur: 0.75 / 0.5; the reference's blur never degrades, spike has no error: NaN, not inf
     assert_same(group["ce"], {"noise": 0.5, "blur": 1.5, "spike": math.nan})
-    # spike: the reference improves (E_s - E_clean = -0.1 each), the group model degrades 0.05 each
-    assert_same(group["relative_ce"], {"noise": 0.5, "blur": math.nan, "spike": -0.5})
-    assert group["mce"] == pytest.approx(1.0) and group["relative_mce"] == pytest.approx(0.0)
+    # spike: the reference improves (E_s - E_clean = -0.1 each): a ratio against an improvement
+    # would flip sign (-0.5 here), so it is NaN
+    assert_same(group["relative_ce"], {"noise": 0.5, "blur": math.nan, "spike": math.nan})
+    assert group["mce"] == pytest.approx(1.0) and group["relative_mce"] == pytest.approx(0.5)
     a = np.array([2 / 3, 4 / 9, 8 / 27, 16 / 81, 32 / 243])  # a^s; clean - AUC_s = 0.05 s for noise
     assert group["degradation"]["noise"] == pytest.approx(0.05 * 946 / 422)
     assert group["degradation"]["noise"] == pytest.approx((a * 0.05 * np.arange(1, 6)).sum() / a.sum())
     assert group["degradation"]["blur"] == pytest.approx(0.1)
     assert_same(batch["ce"], {"noise": 1.0, "blur": 1.0, "spike": math.nan})
     assert batch["mce"] == 1.0
-    assert_same(batch["relative_ce"], {"noise": 1.0, "blur": math.nan, "spike": 1.0})
+    assert_same(batch["relative_ce"], {"noise": 1.0, "blur": math.nan, "spike": math.nan})
     assert batch["degradation"]["spike"] == pytest.approx(-0.1)
 
 

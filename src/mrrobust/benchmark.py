@@ -23,7 +23,10 @@ def _claim(out: Path, settings: dict) -> None:
     """Record the demo's settings in `out/demo.json`, or refuse when `out` holds another demo."""
     record = out / "demo.json"
     if record.is_file():
-        before = json.loads(record.read_text())
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError):
+            raise MrRobustError(f"{record} is damaged; delete {out} or pass another --out") from None
         if before != settings:
             changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
             raise MrRobustError(f"{out} holds a demo with other settings ({changed}); pass another --out or delete {out}")
@@ -40,7 +43,7 @@ def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_opt
     grid into `out/results`, and report into `out/report`. `train_options` go to
     `training.train` (not norm, seed, resume), `evaluate_options` to `evaluation.evaluate`.
     Returns {"runs": {name: best epoch row}, "results": evaluate's summary, "report": report's}."""
-    from mrrobust.evaluation import evaluate
+    from mrrobust.evaluation import check_settings, evaluate
     from mrrobust.report import report
     from mrrobust.training import train
 
@@ -48,6 +51,7 @@ def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_opt
     norms, seeds = list(norms), [int(seed) for seed in seeds]
     if not norms or not seeds:
         raise MrRobustError("benchmark needs at least one norm and one seed; pass --norms and --seeds")
+    check_settings(**(evaluate_options or {}))  # refuse bad evaluate settings before hours of training
     runs = {}
     for seed in seeds:
         for norm in norms:
@@ -55,8 +59,10 @@ def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_opt
             if progress:
                 print(f"train {norm} norm, seed {seed} -> {run}", flush=True)
             # a finished run is not trained again; a killed one continues from its checkpoint
-            train(store, run, norm, seed=seed, resume=(run / "checkpoints" / "last.ckpt").exists(),
-                  **(train_options or {}))
+            summary = train(store, run, norm, seed=seed, resume=(run / "checkpoints" / "last.ckpt").exists(),
+                            **(train_options or {}))
+            if summary is None:  # a DDP rank other than 0: rank 0 alone evaluates and reports
+                return {}
             runs[run.name] = _best_epoch(run)
     results = evaluate([out / "runs" / name for name in runs], store, out / "results", progress=progress,
                        **(evaluate_options or {}))

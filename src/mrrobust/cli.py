@@ -289,6 +289,8 @@ def benchmark(
                             bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap)
     result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
                            evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet)
+    if not result:  # a DDP rank other than 0
+        return
     _print_runs(result["runs"])
     print(f"report {result['report']['report']}")
 

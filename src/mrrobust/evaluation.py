@@ -78,7 +78,7 @@ COMPARISON_COLUMNS = ("run_a", "run_b", "bn_mode_a", "bn_mode_b", "artifact", "s
 BN_SHIFT_COLUMNS = ("run", "artifact", "severity", "layer", "depth", "channels", "mean_shift",
                     "var_log_ratio")
 # evaluation.json entries that do not change the numbers enough to refuse a resume
-UNCOMPARED = ("batch_size", "device", "precision")
+UNCOMPARED = ("batch_size", "device")  # precision is compared: one table never mixes bf16 and fp32
 
 
 # ---- settings ------------------------------------------------------------------------------
@@ -186,9 +186,20 @@ def grid_cells(artifacts: list[str], severities: list[int]) -> list[tuple[str, i
 def _check_modes(bn_modes) -> list[str]:
     modes = [bn_modes] if isinstance(bn_modes, str) else list(dict.fromkeys(bn_modes))
     unknown = [m for m in modes if m not in BN_MODES]
-    if not modes or unknown:
-        raise MrRobustError(f"bn_modes {modes} must be one or both of {', '.join(BN_MODES)}")
+    if not modes or unknown or "eval" not in modes:
+        raise MrRobustError(f"bn_modes {modes} must be eval, or eval and adapt (adapt is "
+                            f"compared with eval, and runs without batch norm have only eval)")
     return [m for m in BN_MODES if m in modes]
+
+
+def check_settings(*, suite: str = "mrrobust", artifacts=None, severities=(1, 2, 3, 4, 5),
+                   bn_modes=("eval", "adapt"), batch_size: int = 64, device: str = "auto",
+                   seed: int = 0, bootstrap: int = 1000, level: float = 0.95, **_) -> None:
+    """Refuse bad `evaluate` settings before any work (`benchmark` calls it before training)."""
+    _grid_axes(suite, artifacts, severities)
+    _check_modes(bn_modes)
+    _check_numbers(batch_size, seed, bootstrap, level)
+    resolve_device(device)
 
 
 def _check_numbers(batch_size: int, seed: int, bootstrap: int, level: float) -> None:
@@ -246,7 +257,11 @@ def _claim(out: Path, settings: dict) -> None:
         if before is None or before.get("format") != RESULTS_FORMAT:
             raise MrRobustError(f"{record} is not a mrrobust evaluation record; choose another "
                                 f"--out")
-        old, new = _compared(before), _compared(settings)
+        try:
+            old = _compared(before)
+        except (KeyError, TypeError, AttributeError):
+            raise MrRobustError(f"{record} is damaged (no runs); choose another --out") from None
+        new = _compared(settings)
         changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
         if changed:
             detail = "; ".join(c if len(c) < 200 else c[:197] + "..." for c in changed)
@@ -309,7 +324,7 @@ def _finished(prediction: Path, size: int, with_bn: bool) -> bool:
         array = np.load(prediction, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return False
-    return array.dtype == np.float32 and array.shape == (size, len(LABELS))
+    return array.dtype == np.float32 and array.shape == (size, len(LABELS)) and bool(np.isfinite(array).all())
 
 
 @dataclass
@@ -416,14 +431,23 @@ def _predict_cell(run: Run, mode: str, inputs: list[torch.Tensor], where: Device
         with where.autocast():
             model = adapt_batch_norm(run.model, (x.contiguous(memory_format=run.memory_format)
                                                  for x in inputs))
-        save_npy_atomic(target, _predict(model, inputs, run, where))
+        save_npy_atomic(target, _finite(_predict(model, inputs, run, where), target))
         return
     recorder = BNRecorder(run.model)
     with recorder:
-        predictions = _predict(run.model, inputs, run, where)
+        predictions = _finite(_predict(run.model, inputs, run, where), target)
     if run.batch_norm:
         write_json_atomic(_bn_path(target), {"rows": recorder.rows()})
     save_npy_atomic(target, predictions)
+
+
+def _finite(predictions: np.ndarray, target: Path) -> np.ndarray:
+    """Refuse (before anything is written) predictions holding NaN or inf."""
+    if not np.isfinite(predictions).all():
+        raise MrRobustError(f"{target.parent.parent.name} ({target.parent.name}) gives NaN or inf on "
+                            f"{target.stem}: check the RUN, or evaluate into another --out with "
+                            f"--device cpu (float32)")
+    return predictions
 
 
 def _progress_bar(enabled: bool):
@@ -523,8 +547,11 @@ def _write_tables(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
                     level=level)]
         if run.batch_norm and "eval" in run.modes:
             for artifact, severity in grid:
-                record = read_json(_bn_path(prediction_path(out, run.name, "eval", artifact,
-                                                             severity)))
+                path = _bn_path(prediction_path(out, run.name, "eval", artifact, severity))
+                record = read_json(path)
+                if record is None or not isinstance(record.get("rows"), list):
+                    raise MrRobustError(f"{path}: unreadable; delete it and re-run the same "
+                                        f"evaluate to redo that cell")
                 shifts += [{"run": run.name, "artifact": artifact, "severity": severity, **row}
                            for row in record["rows"]]
 

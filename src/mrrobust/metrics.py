@@ -269,9 +269,20 @@ def _per_label(targets: np.ndarray, scores: np.ndarray, thresholds, weights) -> 
     values[MEAN_LABEL] = {metric: float(_nanmean([values[label][metric] for label in LABELS]))
                           for metric in METRICS}
     if weights is not None:
-        resamples[MEAN_LABEL] = {metric: _nanmean([resamples[label][metric] for label in LABELS], axis=0)
+        resamples[MEAN_LABEL] = {metric: _resampled_mean({label: values[label][metric] for label in LABELS},
+                                                         {label: resamples[label][metric] for label in LABELS})
                                  for metric in METRICS}
     return values, resamples
+
+
+def _resampled_mean(values: dict, resamples: dict) -> np.ndarray:
+    """The "mean" label per resample `(B,)`: the mean over the labels defined on the full data
+    (the point estimate's labels); NaN in a resample where one of them is undefined, so every
+    finite resample estimates the same quantity as the point value."""
+    defined = [label for label, value in values.items() if np.isfinite(value)]
+    if not defined:
+        return np.full(len(next(iter(resamples.values()))), np.nan)
+    return np.mean([resamples[label] for label in defined], axis=0)
 
 
 def cell_metrics(targets, scores, thresholds, weights=None, level: float = 0.95) -> list[dict]:
@@ -321,8 +332,8 @@ def paired_difference(targets, scores_a, scores_b, weights, level: float = 0.95)
         differences[label] = auc(target, scores_b[:, k]) - auc(target, scores_a[:, k])
         resampled[label] = (_weighted_auc(target, scores_b[:, k], weights)
                             - _weighted_auc(target, scores_a[:, k], weights))
+    resampled[MEAN_LABEL] = _resampled_mean(differences, resampled)
     differences[MEAN_LABEL] = float(_nanmean(list(differences.values())))
-    resampled[MEAN_LABEL] = _nanmean(list(resampled.values()), axis=0)
     rows = []
     for label, difference in differences.items():
         low, high = _percentile_interval(resampled[label], level)
@@ -379,7 +390,8 @@ def corruption_errors(table: dict, reference: str) -> dict[str, dict]:
     E = 1 - AUC, per model and artifact c: CE_c = sum_s E_s(f) / sum_s E_s(ref); relative
     CE_c = sum_s (E_s(f) - E_clean(f)) / sum_s (E_s(ref) - E_clean(ref)); degradation_c =
     sum_s a^s (AUC_clean - AUC_s) / sum_s a^s with a = 2/3, s = 1..S. A ratio whose reference
-    sum is 0 is NaN; "mce" and "relative_mce" are the means over the artifacts where defined.
+    sum is 0 is NaN, and so is a relative CE whose reference error does not increase;
+    "mce" and "relative_mce" are the means over the artifacts where defined.
     Returns `{model: {"ce": {c: CE}, "mce", "relative_ce": {c: ..}, "relative_mce",
     "degradation": {c: ..}}}`; the reference model's CE is 1 wherever defined.
     """
@@ -406,8 +418,10 @@ def corruption_errors(table: dict, reference: str) -> dict[str, dict]:
                                  f"{'none' if reference_aucs is None else reference_aucs.size}")
             errors, reference_errors = 1.0 - aucs, 1.0 - reference_aucs
             ce[artifact] = float(_divide(errors.sum(), reference_errors.sum()))
-            relative_ce[artifact] = float(_divide((errors - (1.0 - clean)).sum(),
-                                                  (reference_errors - (1.0 - reference_clean)).sum()))
+            reference_increase = (reference_errors - (1.0 - reference_clean)).sum()
+            # a reference that does not get worse leaves the ratio meaningless (sign flips, blows up)
+            relative_ce[artifact] = (float(_divide((errors - (1.0 - clean)).sum(), reference_increase))
+                                     if reference_increase > 0 else math.nan)
             severity_weights = DEGRADATION_BASE ** np.arange(1, aucs.size + 1)
             degradation[artifact] = float((severity_weights * (clean - aucs)).sum() / severity_weights.sum())
         result[model] = {"ce": ce, "mce": float(_nanmean(list(ce.values()))),

@@ -643,7 +643,10 @@ def report(results: Path, out: Path, *, reference_norm: str = "batch", formats=(
     if out.exists() and not out.is_dir():
         raise MrRobustError(f"{out} exists and is not a folder; choose another --out")
     figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MrRobustError(f"cannot write the report to {out} ({err.strerror}); choose a writable --out") from None
     models = res.models()
     adapted = [m[0] for m in models if m[1] == "adapt"]
     reference, note = reference_norm, ""
