@@ -73,6 +73,18 @@ def test_coil_combination_recovers_object_magnitude_on_a_phantom():
     assert np.abs(combined - truth)[inside].max() < 0.05 * truth.max()
 
 
+def test_coil_combination_inside_the_crop_equals_the_crop_of_the_full_combination(synth_root):
+    from mrrobust.data.fastmri import coil_combine
+    from mrrobust.fft import center_crop
+
+    coil_kspace = read_volume(_first(synth_root, "multicoil")).kspace[1]
+    full = coil_combine(coil_kspace)
+    assert full.shape == coil_kspace.shape[-2:]
+    cropped = coil_combine(coil_kspace, (CROP, CROP))
+    reference = center_crop(full, (CROP, CROP))
+    np.testing.assert_allclose(cropped, reference, atol=1e-4 * np.abs(reference).max())
+
+
 def test_missing_header_falls_back_to_none(tmp_path):
     path = tmp_path / "file1.h5"
     with h5py.File(path, "w") as hf:

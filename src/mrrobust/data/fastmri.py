@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from mrrobust.errors import MrRobustError
-from mrrobust.fft import center_crop, ifft2c, ifft2c_cropped
+from mrrobust.fft import ifft2c_cropped
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 ATTR_KEYS = ("acquisition", "max", "norm", "patient_id")
@@ -128,17 +128,20 @@ def _centre_window(n: int) -> np.ndarray:
     return window
 
 
-def coil_combine(coil_kspace: np.ndarray) -> np.ndarray:
-    """Multi-coil k-space `(C, H, W)` -> sensitivity-weighted coil combination `(H, W)` complex64.
+def coil_combine(coil_kspace: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Multi-coil k-space `(C, H, W)` -> sensitivity-weighted coil combination complex64,
+    `shape` `(h, w)` (the centre crop; default the full `(H, W)`).
 
     Sensitivities s_c = l_c / sqrt(sum_c |l_c|^2) from low-resolution coil images l_c
     (Hann-windowed k-space centre); the combination sum_c conj(s_c) x_c has magnitude
     sqrt(sum_c |x_c|^2) (RSS) wherever the sensitivities vary slowly, and keeps the
-    image's own phase up to a smooth term.
+    image's own phase up to a smooth term. Both coil image sets are reconstructed only
+    inside the crop (`ifft2c_cropped`): the combination is pixel-wise.
     """
-    coils = ifft2c(coil_kspace)
+    shape = tuple(shape) if shape is not None else coil_kspace.shape[-2:]
+    coils = ifft2c_cropped(coil_kspace, shape)
     window = _centre_window(coil_kspace.shape[-2])[:, None] * _centre_window(coil_kspace.shape[-1])[None, :]
-    low = ifft2c(coil_kspace * window)
+    low = ifft2c_cropped(coil_kspace * window, shape)
     norm = np.sqrt((np.abs(low) ** 2).sum(axis=0))
     eps = np.float32(1e-6) * max(float(norm.max()), np.finfo(np.float32).tiny)
     sens = low / (norm + eps)
@@ -148,8 +151,8 @@ def coil_combine(coil_kspace: np.ndarray) -> np.ndarray:
 def complex_images(kspace: np.ndarray, crop: int) -> np.ndarray:
     """k-space `(S, H, W)` or `(S, C, H, W)` -> complex slice images `(S, crop, crop)` complex64.
 
-    Single-coil: `center_crop(ifft2c(kspace))`. Multi-coil: `coil_combine` per slice,
-    then the centre crop (one slice at a time to bound memory).
+    Single-coil: `center_crop(ifft2c(kspace))`. Multi-coil: `coil_combine` per slice inside
+    the centre crop (one slice at a time to bound memory).
     """
     kspace = np.asarray(kspace)
     height, width = kspace.shape[-2:]
@@ -158,5 +161,5 @@ def complex_images(kspace: np.ndarray, crop: int) -> np.ndarray:
     if kspace.ndim == 3:
         return ifft2c_cropped(kspace.astype(np.complex64, copy=False), (crop, crop))
     if kspace.ndim == 4:
-        return np.stack([center_crop(coil_combine(k.astype(np.complex64, copy=False)), (crop, crop)) for k in kspace])
+        return np.stack([coil_combine(k.astype(np.complex64, copy=False), (crop, crop)) for k in kspace])
     raise MrRobustError(f"k-space must be (slices, H, W) or (slices, coils, H, W), got shape {kspace.shape}")
