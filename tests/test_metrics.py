@@ -380,3 +380,13 @@ def test_corruption_errors_reject_inconsistent_tables():
                              ({"a": {"noise": [0.8] * 5}}, "a")]:
         with pytest.raises(ValueError):
             corruption_errors(table, reference)
+
+
+def test_degradation_weights_follow_the_evaluated_severities():
+    table = {"batch": {"clean": 0.9, "noise": [0.8, 0.6, 0.4]}, "group": {"clean": 0.9, "noise": [0.9, 0.8, 0.7]}}
+    gaps = corruption_errors(table, "batch", severities=(1, 3, 5))["batch"]["degradation"]["noise"]
+    a = np.array([2 / 3, (2 / 3) ** 3, (2 / 3) ** 5])
+    assert gaps == pytest.approx((a * np.array([0.1, 0.3, 0.5])).sum() / a.sum())
+    assert corruption_errors(table, "batch")["batch"]["degradation"]["noise"] != pytest.approx(gaps)
+    with pytest.raises(ValueError):
+        corruption_errors(table, "batch", severities=(1, 2))

@@ -382,14 +382,15 @@ def delong(targets, scores_a, scores_b) -> dict[str, float]:
     return result
 
 
-def corruption_errors(table: dict, reference: str) -> dict[str, dict]:
+def corruption_errors(table: dict, reference: str, severities=None) -> dict[str, dict]:
     """ImageNet-C corruption errors and the ROOD-MRI degradation from AUCs.
 
     `table[model][artifact]` = AUCs over severities 1..S (a list), `table[model]["clean"]` = the
     clean AUC; every model has the reference's artifacts and ladder lengths. With error
     E = 1 - AUC, per model and artifact c: CE_c = sum_s E_s(f) / sum_s E_s(ref); relative
     CE_c = sum_s (E_s(f) - E_clean(f)) / sum_s (E_s(ref) - E_clean(ref)); degradation_c =
-    sum_s a^s (AUC_clean - AUC_s) / sum_s a^s with a = 2/3, s = 1..S. A ratio whose reference
+    sum_s a^s (AUC_clean - AUC_s) / sum_s a^s with a = 2/3 over the `severities` of the ladder
+    entries (default 1..S; pass e.g. (1, 3, 5) when only those were evaluated). A ratio whose reference
     sum is 0 is NaN, and so is a relative CE whose reference error does not increase;
     "mce" and "relative_mce" are the means over the artifacts where defined.
     Returns `{model: {"ce": {c: CE}, "mce", "relative_ce": {c: ..}, "relative_mce",
@@ -422,7 +423,10 @@ def corruption_errors(table: dict, reference: str) -> dict[str, dict]:
             # a reference that does not get worse leaves the ratio meaningless (sign flips, blows up)
             relative_ce[artifact] = (float(_divide((errors - (1.0 - clean)).sum(), reference_increase))
                                      if reference_increase > 0 else math.nan)
-            severity_weights = DEGRADATION_BASE ** np.arange(1, aucs.size + 1)
+            levels = np.arange(1, aucs.size + 1) if severities is None else np.asarray(severities, dtype=np.float64)
+            if levels.shape != aucs.shape:
+                raise ValueError(f"severities {list(levels)} do not match the {aucs.size} AUCs of {model!r} {artifact!r}")
+            severity_weights = DEGRADATION_BASE ** levels
             degradation[artifact] = float((severity_weights * (clean - aucs)).sum() / severity_weights.sum())
         result[model] = {"ce": ce, "mce": float(_nanmean(list(ce.values()))),
                          "relative_ce": relative_ce,

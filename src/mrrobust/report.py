@@ -481,8 +481,8 @@ def _ce_section(res: Results, names, errors: dict, reference: str, note: str, fi
             f"mCE = mean CE over artifacts; relative CE subtracts each model's clean error first. Below 1: fewer "
             f"errors than {reference}.\n\n" + _embed(figure, "corruption error", out) + "\n"
             + _table(["model", *res.artifacts, "mCE", "relative mCE"], ce)
-            + "\nRelative CE / ROOD-MRI degradation (weighted mean drop of AUC from clean, weight (2/3)^k for the "
-            "k-th evaluated severity).\n\n"
+            + "\nRelative CE / ROOD-MRI degradation (weighted mean drop of AUC from clean, weight (2/3)^s at "
+            "severity s).\n\n"
             + _table(["model", *res.artifacts], relative))
 
 
@@ -663,7 +663,8 @@ def report(results: Path, out: Path, *, reference_norm: str = "batch", formats=(
     if res.artifacts and res.severities and (reference, "eval") in models:
         from mrrobust.metrics import corruption_errors
 
-        errors = corruption_errors(_corruption_table(res, models), _model_name((reference, "eval")))
+        errors = corruption_errors(_corruption_table(res, models), _model_name((reference, "eval")),
+                                   severities=res.severities)
         written["corruption_error"] = _figure_ce(res, names, errors, reference, figures_dir, formats)
     if adapted and res.artifacts:
         written["bn_adapt_gain"] = _figure_gain(res, adapted, figures_dir, formats)
