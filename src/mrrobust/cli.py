@@ -133,6 +133,39 @@ def gallery(
     print(draw(image, out, title=label, suite=suite, seed=seed))
 
 
+# Options that several commands share: (default, help), one place for both.
+_TRAINING = dict(
+    groups=(32, "Groups for --norm group (must divide every stage width)."),
+    depth=(18, "ResNet depth: 18 or 34."),
+    width=(64, "Base channels (64 as in the study; narrower for CPU tests and the demo)."),
+    lr=(1e-5, "AdamW learning rate."),
+    weight_decay=(1e-4, "AdamW weight decay."),
+    batch_size=(32, "Batch size per device."),
+    max_epochs=(200, "Upper bound on epochs."),
+    patience=(5, "Early stopping: epochs without a better mean validation AUC."),
+    augment=(None, "Train-time artifacts ARTIFACT[:MAXSEV],... (e.g. noise:3,motion): per slice and epoch one artifact at a random severity <= MAXSEV, on the batch's device."),
+    precision=("auto", "auto (bf16-mixed on a GPU, 32 on the CPU), 32, bf16-mixed or 16-mixed (GPU)."),
+    compile=(False, "torch.compile the network."),
+    accelerator=("auto", "auto, cpu or gpu."),
+    devices=(1, "Devices per node (>1: DDP; batch norm becomes SyncBatchNorm on GPUs)."),
+    workers=(2, "Data-loader worker processes."),
+)
+_EVALUATION = dict(
+    suite=("mrrobust", "Artifact suite: mrrobust (ours) or study (the released protocol)."),
+    artifacts=(None, "Comma-separated artifacts (default: all of the suite)."),
+    severities=("1,2,3,4,5", "Comma-separated severities 1..5."),
+    bn_modes=("eval,adapt", "eval (stored statistics) and/or adapt (AdaBN: statistics re-estimated on each corrupted set)."),
+    device=("auto", "auto, cpu or cuda."),
+    bootstrap=(1000, "Volume-level bootstrap resamples for the confidence intervals (0: none)."),
+)
+
+
+def _option(table: dict, name: str, *flags: str):
+    """A typer option from a shared table entry (flags: e.g. "--compile" for a bare switch)."""
+    default, text = table[name]
+    return typer.Option(default, *flags, help=text)
+
+
 # ---- models and training: train (issue 4) -----------------------------------
 
 
@@ -141,23 +174,23 @@ def train(
     data: Path = typer.Option(..., "--data", help="STORE folder written by `mrrobust prepare`."),
     out: Path = typer.Option(..., "--out", help="RUN folder to write (config.json, model.safetensors, metrics.csv, operating_points.json)."),
     norm: str = typer.Option("batch", help="Normalisation: batch, group, layer, instance or none."),
-    groups: int = typer.Option(32, help="Groups for --norm group (must divide every stage width)."),
-    depth: int = typer.Option(18, help="ResNet depth: 18 or 34."),
-    width: int = typer.Option(64, help="Base channels (64 as in the study; narrower for CPU tests and the demo)."),
-    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
-    batch_size: int = typer.Option(32, help="Batch size per device."),
-    max_epochs: int = typer.Option(200, help="Upper bound on epochs."),
-    patience: int = typer.Option(5, help="Early stopping: epochs without a better mean validation AUC."),
+    groups: int = _option(_TRAINING, "groups"),
+    depth: int = _option(_TRAINING, "depth"),
+    width: int = _option(_TRAINING, "width"),
+    lr: float = _option(_TRAINING, "lr"),
+    weight_decay: float = _option(_TRAINING, "weight_decay"),
+    batch_size: int = _option(_TRAINING, "batch_size"),
+    max_epochs: int = _option(_TRAINING, "max_epochs"),
+    patience: int = _option(_TRAINING, "patience"),
     seed: int = typer.Option(0, help="Seeds every generator and data-loader worker."),
     weighted_sampler: bool = typer.Option(True, "--weighted-sampler/--uniform-sampler", help="The study's sampler (inverse frequency of the number of positive labels) or uniform shuffling."),
-    augment: Optional[str] = typer.Option(None, help="Train-time artifacts ARTIFACT[:MAXSEV],... (e.g. noise:3,motion): per slice and epoch one artifact at a random severity <= MAXSEV, on the batch's device."),
-    precision: str = typer.Option("auto", help="auto (bf16-mixed on a GPU, 32 on the CPU), 32, bf16-mixed or 16-mixed (GPU)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network."),
-    accelerator: str = typer.Option("auto", help="auto, cpu or gpu."),
-    devices: int = typer.Option(1, help="Devices per node (>1: DDP; batch norm becomes SyncBatchNorm on GPUs)."),
+    augment: Optional[str] = _option(_TRAINING, "augment"),
+    precision: str = _option(_TRAINING, "precision"),
+    compile: bool = _option(_TRAINING, "compile", "--compile"),
+    accelerator: str = _option(_TRAINING, "accelerator"),
+    devices: int = _option(_TRAINING, "devices"),
     num_nodes: int = typer.Option(1, help="Nodes for multi-node DDP."),
-    workers: int = typer.Option(2, help="Data-loader worker processes."),
+    workers: int = _option(_TRAINING, "workers"),
     limit_train_batches: Optional[int] = typer.Option(None, help="Train on at most this many batches per epoch (quick checks)."),
     limit_val_batches: Optional[int] = typer.Option(None, help="Validate on at most this many batches per epoch (quick checks)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a finished run: show its summary)."),
@@ -195,31 +228,20 @@ def _integers(text: str, flag: str) -> list[int]:
         raise MrRobustError(f"{flag} {text!r}: expected comma-separated integers such as 1,2,3") from None
 
 
-_EVALUATE_HELP = dict(
-    suite="Artifact suite: mrrobust (ours) or study (the released protocol).",
-    artifacts="Comma-separated artifacts (default: all of the suite).",
-    severities="Comma-separated severities 1..5.",
-    split="STORE split to evaluate on.",
-    bn_modes="eval (stored statistics) and/or adapt (AdaBN: statistics re-estimated on each corrupted set).",
-    device="auto, cpu or cuda.",
-    bootstrap="Volume-level bootstrap resamples for the confidence intervals (0: none).",
-)
-
-
 @command
 def evaluate(
     runs: List[Path] = typer.Argument(..., help="RUN folders written by `mrrobust train` (unique folder names)."),
     data: Path = typer.Option(..., "--data", help="The STORE the runs were trained on."),
     out: Path = typer.Option(..., "--out", help="RESULTS folder to write (or to finish, after an interrupted run)."),
-    suite: str = typer.Option("mrrobust", help=_EVALUATE_HELP["suite"]),
-    artifacts: Optional[str] = typer.Option(None, help=_EVALUATE_HELP["artifacts"]),
-    severities: str = typer.Option("1,2,3,4,5", help=_EVALUATE_HELP["severities"]),
-    split: str = typer.Option("test", help=_EVALUATE_HELP["split"]),
-    bn_modes: str = typer.Option("eval,adapt", help=_EVALUATE_HELP["bn_modes"]),
+    suite: str = _option(_EVALUATION, "suite"),
+    artifacts: Optional[str] = _option(_EVALUATION, "artifacts"),
+    severities: str = _option(_EVALUATION, "severities"),
+    split: str = typer.Option("test", help="STORE split to evaluate on."),
+    bn_modes: str = _option(_EVALUATION, "bn_modes"),
     batch_size: int = typer.Option(64, help="Slices per batch."),
-    device: str = typer.Option("auto", help=_EVALUATE_HELP["device"]),
+    device: str = _option(_EVALUATION, "device"),
     seed: int = typer.Option(0, help="Seed of the corruptions (per slice) and of the bootstrap."),
-    bootstrap: int = typer.Option(1000, help=_EVALUATE_HELP["bootstrap"]),
+    bootstrap: int = _option(_EVALUATION, "bootstrap"),
     level: float = typer.Option(0.95, help="Confidence level of the intervals."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
@@ -254,27 +276,27 @@ def benchmark(
     out: Path = typer.Option(..., "--out", help="Folder for runs/, results/ and report/ (re-run to resume)."),
     norms: str = typer.Option("batch,group,layer", help="Comma-separated norms to train."),
     seeds: str = typer.Option("0", help="Comma-separated training seeds (one run per norm and seed)."),
-    depth: int = typer.Option(18, help="ResNet depth: 18 or 34."),
-    width: int = typer.Option(64, help="Base channels."),
-    groups: int = typer.Option(32, help="Groups for group norm."),
-    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
-    batch_size: int = typer.Option(32, help="Training batch size per device."),
-    max_epochs: int = typer.Option(200, help="Upper bound on epochs."),
-    patience: int = typer.Option(5, help="Early stopping patience (epochs)."),
-    augment: Optional[str] = typer.Option(None, help="Train-time artifacts, as for `mrrobust train`."),
-    precision: str = typer.Option("auto", help="Training precision, as for `mrrobust train`."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (GPU)."),
-    accelerator: str = typer.Option("auto", help="auto, cpu or gpu (training)."),
-    devices: int = typer.Option(1, help="Training devices (>1: DDP)."),
-    workers: int = typer.Option(2, help="Data-loader workers for training."),
-    suite: str = typer.Option("mrrobust", help=_EVALUATE_HELP["suite"]),
-    artifacts: Optional[str] = typer.Option(None, help=_EVALUATE_HELP["artifacts"]),
-    severities: str = typer.Option("1,2,3,4,5", help=_EVALUATE_HELP["severities"]),
-    bn_modes: str = typer.Option("eval,adapt", help=_EVALUATE_HELP["bn_modes"]),
+    depth: int = _option(_TRAINING, "depth"),
+    width: int = _option(_TRAINING, "width"),
+    groups: int = _option(_TRAINING, "groups"),
+    lr: float = _option(_TRAINING, "lr"),
+    weight_decay: float = _option(_TRAINING, "weight_decay"),
+    batch_size: int = _option(_TRAINING, "batch_size"),
+    max_epochs: int = _option(_TRAINING, "max_epochs"),
+    patience: int = _option(_TRAINING, "patience"),
+    augment: Optional[str] = _option(_TRAINING, "augment"),
+    precision: str = _option(_TRAINING, "precision"),
+    compile: bool = _option(_TRAINING, "compile", "--compile"),
+    accelerator: str = _option(_TRAINING, "accelerator"),
+    devices: int = _option(_TRAINING, "devices"),
+    workers: int = _option(_TRAINING, "workers"),
+    suite: str = _option(_EVALUATION, "suite"),
+    artifacts: Optional[str] = _option(_EVALUATION, "artifacts"),
+    severities: str = _option(_EVALUATION, "severities"),
+    bn_modes: str = _option(_EVALUATION, "bn_modes"),
     eval_batch_size: int = typer.Option(64, help="Evaluation batch size."),
-    device: str = typer.Option("auto", help="Evaluation device: auto, cpu or cuda."),
-    bootstrap: int = typer.Option(1000, help=_EVALUATE_HELP["bootstrap"]),
+    device: str = _option(_EVALUATION, "device"),
+    bootstrap: int = _option(_EVALUATION, "bootstrap"),
     reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):

@@ -280,12 +280,9 @@ def _claim(out: Path, settings: dict) -> None:
 
 
 def _slices_csv(dataset) -> bytes:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(SLICE_COLUMNS)
-    for slice_id, row in zip(dataset.slice_ids, dataset.rows):
-        writer.writerow([slice_id, row["volume"], row["slice"], *(row[l] for l in LABELS)])
-    return text.getvalue().encode()
+    rows = [{"slice_id": slice_id, "volume": row["volume"], "slice": row["slice"], **{l: row[l] for l in LABELS}}
+            for slice_id, row in zip(dataset.slice_ids, dataset.rows)]
+    return _csv_bytes(SLICE_COLUMNS, rows)
 
 
 def _write_slices(out: Path, dataset) -> None:
@@ -450,16 +447,6 @@ def _finite(predictions: np.ndarray, target: Path) -> np.ndarray:
     return predictions
 
 
-def _progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled)
-
-
 def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], dataset, suite: str,
                   batch_size: int, seed: int, where: Device, progress: bool) -> tuple[int, int]:
     """Predict every unfinished (run, bn_mode, cell); returns (computed, reused) file counts."""
@@ -471,7 +458,9 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
             if folder.is_dir():
                 remove_temp_files(folder)  # what a killed evaluate left
     size, clean, computed, reused = len(dataset), None, 0, 0
-    with _progress_bar(progress) as bar:
+    from mrrobust.progress import progress_bar
+
+    with progress_bar(progress) as bar:
         task = bar.add_task("evaluate", total=len(grid))
         for artifact, severity in grid:
             bar.update(task, description=f"{_cell_name(artifact, severity):<18}")

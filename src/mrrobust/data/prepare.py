@@ -29,8 +29,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mrrobust.data.annotations import LABELS, Annotations, load_annotations
 from mrrobust.data.fastmri import complex_images, read_volume
@@ -51,6 +49,7 @@ from mrrobust.data.store import (
     write_json_atomic,
 )
 from mrrobust.errors import MrRobustError
+from mrrobust.progress import progress_bar
 
 CHALLENGES = ("singlecoil", "multicoil")
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -338,13 +337,6 @@ def changed_settings(old: dict | None, new: dict) -> dict[str, list]:
     return {key: [old.get(key), new[key]] for key in CHANGEABLE if old.get(key) != new[key]}
 
 
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )
-
-
 def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=320, seed=0,
             fractions=(0.7, 0.15, 0.15), workers=1, progress=True) -> dict:
     """Build (or finish, or redo) the STORE `out` from `fastmri_root`; returns the manifest
@@ -369,7 +361,7 @@ def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=32
             records[name] = record
     reused = len(records)
     tasks = [(str(path), str(target), crop, challenge) for name, path in sorted(files.items()) if name not in records]
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         job = bar.add_task(f"prepare {len(tasks)} volumes ({reused} done before)", total=len(tasks))
         for result in _run_volumes(tasks, workers):
             if "reason" in result:
