@@ -1,117 +1,28 @@
-"""report: a RESULTS folder built by hand (evaluate's file formats, constructed numbers) ->
-report.md and figures; every number checked here is recomputed from the fixture's own model."""
+"""report: a RESULTS folder built by hand (`report_results`: evaluate's file formats, numbers from
+a known model) -> report.md, report.html and figures. Every number checked here is recomputed
+from that model, and every guard rail of issue 8 has a test that builds its case."""
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import re
-from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pytest
+from report_results import (B, CLEAN, CLEAN_COST, HALF, RECOVER, SLOPE, WEIGHT, arm_auc, corruption_errors, pooled,
+                            retained, write_results)
 
-from mrrobust import report as report_module
 from mrrobust.errors import MrRobustError
+from mrrobust.report import figures as figures_module
 from mrrobust.report import report
 
-# the fixture's model: mean AUC = clean + seed offset - slope * artifact weight * severity
-CLEAN = {"batch": 0.85, "group": 0.83, "layer": 0.82}
-SLOPE = {"batch": 0.05, "group": 0.012, "layer": 0.02}
-WEIGHT = {"noise": 1.0, "motion": 1.5}
-SEED_OFFSET = {0: 0.01, 1: -0.01}
-LABEL_OFFSET = {"abnormal": 0.02, "mtear": -0.02, "acl": None, "cartilage": 0.0}  # acl: one class only -> NaN
-ALL_RUNS = [(norm, seed) for seed in (0, 1) for norm in ("batch", "group", "layer")]
-FORMAT_COLUMNS = {
-    "results.csv": ("run", "norm", "seed", "bn_mode", "artifact", "severity", "label", "metric", "value",
-                    "ci_low", "ci_high"),
-    "comparisons.csv": ("run_a", "run_b", "bn_mode_a", "bn_mode_b", "artifact", "severity", "label", "metric",
-                        "difference", "ci_low", "ci_high", "p_value"),
-    "bn_shift.csv": ("run", "artifact", "severity", "layer", "depth", "channels", "mean_shift", "var_log_ratio"),
-}
+SEVERITIES = (1, 2, 3, 4, 5)
 
 
 @pytest.fixture(autouse=True)
 def low_dpi(monkeypatch):
-    monkeypatch.setattr(report_module, "DPI", 40)
-
-
-def mean_auc(norm, seed, mode, artifact, severity) -> float:
-    if artifact == "clean":
-        return CLEAN[norm] + SEED_OFFSET[seed] - (0.005 if mode == "adapt" else 0.0)
-    factor = 0.5 if mode == "adapt" else 1.0  # AdaBN recovers half of batch norm's drop
-    return CLEAN[norm] + SEED_OFFSET[seed] - factor * SLOPE[norm] * WEIGHT[artifact] * severity
-
-
-def p_value(difference: float) -> float:
-    return 0.001 if abs(difference) >= 0.05 else 0.4
-
-
-def cell_text(x) -> str:
-    """As evaluate writes a CSV cell: floats in full precision, NaN as an empty cell."""
-    if isinstance(x, float):
-        return "" if math.isnan(x) else repr(x)
-    return str(x)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(FORMAT_COLUMNS[path.name])
-        writer.writerows([[cell_text(row[c]) for c in FORMAT_COLUMNS[path.name]] for row in rows])
-
-
-def write_results(folder: Path, runs=ALL_RUNS, artifacts=("noise", "motion"), severities=(1, 2, 3, 4, 5),
-                  comparisons=True, bn_shift=True) -> Path:
-    """A RESULTS folder in evaluate's formats for `runs` [(norm, seed)]; batch-norm runs get
-    adapt rows, eval-vs-adapt comparisons and BN shift rows."""
-    folder.mkdir(parents=True)
-    grid = [("clean", 0), *product(artifacts, severities)]
-    names = {(norm, seed): f"{norm}-seed{seed}" for norm, seed in runs}
-    settings = {"format": "mrrobust-results", "version": 1, "store": "/data/store", "split": "test",
-                "suite": "mrrobust", "artifacts": list(artifacts), "severities": list(severities),
-                "bn_modes": ["eval", "adapt"], "seed": 0, "bootstrap": 200, "level": 0.95,
-                "runs": [{"name": names[r], "norm": r[0], "seed": r[1]} for r in runs]}
-    (folder / "evaluation.json").write_text(json.dumps(settings))
-    results = []
-    for norm, seed in runs:
-        for mode in ("eval", "adapt") if norm == "batch" else ("eval",):
-            for artifact, severity in grid:
-                m = mean_auc(norm, seed, mode, artifact, severity)
-                key = dict(run=names[norm, seed], norm=norm, seed=seed, bn_mode=mode, artifact=artifact,
-                           severity=severity)
-                for label, offset in [*LABEL_OFFSET.items(), ("mean", 0.0)]:
-                    auc = math.nan if offset is None else m + offset
-                    results.append(dict(key, label=label, metric="auc", value=auc, ci_low=auc - 0.03, ci_high=auc + 0.03))
-                    spec = auc - 0.2
-                    for metric, value in (("sensitivity", 0.9), ("specificity", spec), ("balanced_accuracy", (0.9 + spec) / 2)):
-                        results.append(dict(key, label=label, metric=metric, value=value, ci_low=value - 0.05,
-                                            ci_high=value + 0.05))
-    write_csv(folder / "results.csv", results)
-    if comparisons:
-        pairs = [((("group", s), "eval"), (("batch", s), "eval")) for s in (0, 1)]  # reversed: report flips it
-        pairs += [(((a, s), "eval"), ((b, s), "eval")) for s in (0, 1) for a, b in (("batch", "layer"), ("group", "layer"))]
-        pairs += [(((n, s), "eval"), ((n, s), "adapt")) for n, s in runs if n == "batch"]
-        rows = []
-        for (ra, ma), (rb, mb) in pairs:
-            if ra not in names or rb not in names:
-                continue
-            for artifact, severity in grid:
-                d = mean_auc(*rb, mb, artifact, severity) - mean_auc(*ra, ma, artifact, severity)
-                for label in ("abnormal", "mean"):
-                    rows.append(dict(run_a=names[ra], run_b=names[rb], bn_mode_a=ma, bn_mode_b=mb, artifact=artifact,
-                                     severity=severity, label=label, metric="auc", difference=d if label == "mean" else 9.0,
-                                     ci_low=d - 0.03, ci_high=d + 0.03, p_value=p_value(d)))
-        write_csv(folder / "comparisons.csv", rows)
-    if bn_shift:
-        rows = [dict(run=names[n, s], artifact=artifact, severity=severity, layer=f"layer{depth}", depth=depth,
-                     channels=16, mean_shift=0.05 + 0.02 * severity * WEIGHT.get(artifact, 0) * (depth + 1) + 0.01 * s,
-                     var_log_ratio=0.1 * severity)
-                for n, s in runs if n == "batch" for artifact, severity in grid for depth in range(5)]
-        write_csv(folder / "bn_shift.csv", rows)
-    return folder
+    monkeypatch.setattr(figures_module, "DPI", 30)
 
 
 def section(markdown: str, title: str) -> str:
@@ -122,7 +33,7 @@ def section(markdown: str, title: str) -> str:
 
 
 def tables(text: str) -> list[list[list[str]]]:
-    """Every markdown table in `text`: rows (the header first, the --- line left out) of cells."""
+    """Every markdown table in `text`: rows (the header first) of cells."""
     found, current = [], None
     for line in text.splitlines():
         if line.startswith("|"):
@@ -136,176 +47,315 @@ def tables(text: str) -> list[list[list[str]]]:
     return found
 
 
-def row_of(table, first: str) -> dict:
-    header = table[0]
-    rows = [r for r in table[1:] if r[0] == first]
+def row_of(table, *first: str) -> dict:
+    rows = [r for r in table[1:] if tuple(r[:len(first)]) == first]
     assert len(rows) == 1, (first, table)
-    return dict(zip(header, rows[0]))
+    return dict(zip(table[0], rows[0]))
 
 
-def seed_mean(norm, mode, artifact, severity) -> float:
-    return float(np.mean([mean_auc(norm, s, mode, artifact, severity) for s in (0, 1)]))
+def bullets(text: str) -> list[str]:
+    return [line[2:] for line in text.splitlines() if line.startswith("- ")]
 
 
-def check_png(path: Path) -> None:
-    import matplotlib.image
+def f3(x, sign=False) -> str:
+    x = round(float(x), 3) + 0.0
+    return f"{x:+.3f}" if sign else f"{x:.3f}"
 
-    image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 20 and image.shape[1] > 20
+
+def bracket(v, half, sign=False) -> str:
+    return f"{f3(v, sign)} [{f3(v - half, sign)}, {f3(v + half, sign)}]"
+
+
+def edit_csv(path: Path, match: dict, **changes) -> None:
+    """Set `changes` in the rows of `path` whose cells equal `match`."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    hits = 0
+    for row in rows:
+        if all(row[k] == str(v) for k, v in match.items()):
+            row.update({k: str(v) for k, v in changes.items()})
+            hits += 1
+    assert hits, match
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def test_full_report(tmp_path):
     results = write_results(tmp_path / "results")
     written = report(results, tmp_path / "report")
-    md = (tmp_path / "report" / "report.md").read_text()
-    names = sorted(p.name for p in written["figures"])
-    assert names == ["auc_vs_severity.png", "bn_adapt_gain.png", "bn_shift.png", "corruption_error.png"]
+    md = written["report"].read_text()
+    assert sorted(p.name for p in written["figures"]) == [
+        "adaptation_gain.png", "auc_vs_severity.png", "bn_shift.png", "corruption_error.png",
+        "difference_heatmap.png", "reliability.png"]
     for path in written["figures"]:
-        check_png(path)
-        assert f"figures/{path.name}" in md  # embedded
-    assert written["report"] == tmp_path / "report" / "report.md"
+        assert f"figures/{path.name}" in md
     assert not list((tmp_path / "report").rglob("*.tmp"))
 
-    # header: what was evaluated
+    # header: provenance, sizes, arms with training settings and seeds, software, machine, wall time, B
     head = section(md, "What was evaluated")
-    for text in ("batch-seed0 (batch, seed 0)", "layer-seed1", "noise, motion", "1, 2, 3, 4, 5", "200 volume-level",
-                 "95% percentile CI", "`test`"):
+    for text in ("**synthetic**", "| test (evaluated) | 12 | 24 | 12 | 12 | 12 | 12 |", "| train | 60 | 120 | 40",
+                 "| batch | batch | 0, 1 | batch-seed0, batch-seed1 | lr 0.001, max_epochs 8 | measured | yes |",
+                 "torch 2.13.0", "platform test-machine", "wall time: 123 s", f"B = {B} bootstrap",
+                 "smallest attainable p 0.0010", "resamples dropped: auc 3 of 1000", "fallback rule was used in 1 cell"):
         assert text in head, text
+    assert "training variance unmeasured" not in md
 
-    # clean table: per run with CI, per norm = mean over the two seeds with the seed range; acl undefined
+    # the first finding is the primary endpoint: group - batch over every artifact and severity
+    found = bullets(section(md, "Key findings"))
+    d = pooled("group", "eval", "all", SEVERITIES) - pooled("batch", "eval", "all", SEVERITIES)
+    assert found[0].startswith("Primary endpoint: mean AUC over every artifact and severity, group - batch = "
+                               f"{bracket(d, 0.03, True)}, p 0.001, Holm over the arms 0.010 (group above batch)")
+    assert "clean gap -0.020 [-0.050, +0.010] (interval includes 0)" in found[0]
+    d_layer = pooled("layer", "eval", "all", SEVERITIES) - pooled("batch", "eval", "all", SEVERITIES)
+    assert found[1].startswith(f"Primary endpoint: mean AUC over every artifact and severity, layer - batch = "
+                               f"{bracket(d_layer, 0.03, True)}")
+    primary = row_of(tables(section(md, "Primary endpoint"))[0], "group - batch")
+    assert primary["mean AUC difference"] == bracket(d, 0.03, True) and primary["p (Holm)"] == "0.010"
+    mce = 0.1 * (SLOPE["group"] - SLOPE["batch"]) / SLOPE["batch"]
+    assert primary["mCE difference"] == bracket(mce, 0.05, True)
+
+    # cell-wise counts only from the adjusted columns, both adjustments named
+    cells = {a: [arm_auc("group", "eval", a, s) - arm_auc("batch", "eval", a, s) for s in SEVERITIES] for a in WEIGHT}
+    holm = sum(abs(x) >= 0.05 for v in cells.values() for x in v)  # p 0.001 * 10 cells = 0.01 < 0.05
+    counts = next(f for f in found if f.startswith("Cell-wise tests"))
+    assert f"group vs batch: {holm} of 10 after Holm ({holm} in favour of group, 0 of batch), {holm} after " \
+           f"Benjamini-Hochberg" in counts and "smallest attainable p 0.0010" in counts
+    matrix = tables(section(md, "Paired comparisons"))[0]
+    assert row_of(matrix, "noise")["5"] == f"{bracket(cells['noise'][4], 0.03, True)} Holm p 0.010, BH q 0.002"
+
+    # clean table per arm (two-level intervals) and per run (test-set only)
     clean = tables(section(md, "Clean performance"))
-    run_row = row_of(clean[0], "group-seed1")
-    auc = CLEAN["group"] - 0.01
-    assert run_row["mean AUC"] == f"{auc:.3f} [{auc - 0.03:.3f}, {auc + 0.03:.3f}]"
-    assert run_row["acl"] == "n/a"
-    assert run_row["sensitivity"].startswith("0.900 [0.850, 0.950]")
-    for norm in CLEAN:
-        norm_row = row_of(clean[1], norm)
-        assert norm_row["seeds"] == "2"
-        assert norm_row["mean AUC"] == f"{CLEAN[norm]:.3f} [{CLEAN[norm] - 0.01:.3f}, {CLEAN[norm] + 0.01:.3f}]"
-        spec = np.mean([mean_auc(norm, s, "eval", "clean", 0) - 0.2 + 0.0 for s in (0, 1)])
-        assert norm_row["balanced acc."].startswith(f"{(0.9 + spec) / 2:.3f}")
+    assert row_of(clean[0], "group")["mean AUC"] == bracket(CLEAN["group"], HALF)
+    assert row_of(clean[0], "batch + AdaBN")["mean AUC"] == bracket(CLEAN["batch"] - CLEAN_COST["adapt"], HALF)
+    assert row_of(clean[0], "batch")["ECE"] == bracket(0.05 + (0.9 - CLEAN["batch"]) / 2, HALF)
+    assert row_of(clean[1], "layer-seed1")["mean AUC"] == bracket(CLEAN["layer"] - 0.01, 0.03)
 
-    # robustness: mean AUC over severities 1..5 per norm x artifact, its change from clean, the full ladder
+    # robustness: pooled AUC, retained room above chance, the ladder's physical parameters
     robust = tables(section(md, "Robustness to artifacts"))
-    for norm, artifact in product(CLEAN, WEIGHT):
-        ladder = [seed_mean(norm, "eval", artifact, s) for s in range(1, 6)]
-        mean = np.mean(ladder)
-        assert row_of(robust[0], artifact)[norm] == f"{mean:.3f} ({mean - CLEAN[norm]:+.3f})"
-        full = [r for r in robust[1] if r[:2] == [artifact, norm]][0]
-        assert full[2:8] == [f"{v:.3f}" for v in [CLEAN[norm], *ladder]]
-    adapt = seed_mean("batch", "adapt", "motion", 5)
-    assert [r for r in robust[1] if r[:2] == ["motion", "batch + BN-adapt"]][0][7] == f"{adapt:.3f}"
+    assert row_of(robust[0], "motion")["group"] == bracket(pooled("group", "eval", "motion", SEVERITIES), HALF)
+    assert row_of(robust[1], "motion")["batch"] == bracket(retained("batch", "eval", "motion", SEVERITIES), 0.05)
+    assert row_of(robust[2], "noise", "layer")["3"] == bracket(arm_auc("layer", "eval", "noise", 3), HALF)
+    assert row_of(robust[3], "noise")["1"] == "0.04" and row_of(robust[3], "motion")["5"] == "4/8/6"
 
-    # corruption errors by hand: error = 1 - seed-mean AUC, relative to batch
+    # threshold metrics and ECE under every artifact, not only clean
+    operating = tables(section(md, "Operating point under artifacts"))
+    spec = arm_auc("batch", "eval", "motion", 5) - 0.2
+    assert row_of(operating[1], "motion", "batch")["5"] == bracket(spec, HALF)
+    assert row_of(operating[2], "motion", "batch")["5"] == bracket((0.9 + spec) / 2, HALF)
+    ece = tables(section(md, "Calibration"))[0]
+    assert row_of(ece, "noise", "group")["4"] == bracket(0.05 + (0.9 - arm_auc("group", "eval", "noise", 4)) / 2, HALF)
+    assert "figures/reliability.png" in section(md, "Calibration")
+
+    # corruption errors by hand (error = 1 - mean AUC, relative to batch)
     ce = tables(section(md, "Corruption errors"))
-    def errors(norm, mode, artifact):
-        return np.array([1 - seed_mean(norm, mode, artifact, s) for s in range(1, 6)])
-    mce, relative = {}, {}
-    for norm in CLEAN:
-        ces = [errors(norm, "eval", a).sum() / errors("batch", "eval", a).sum() for a in WEIGHT]
-        rels = [(errors(norm, "eval", a) - (1 - CLEAN[norm])).sum() / (errors("batch", "eval", a) - (1 - CLEAN["batch"])).sum()
-                for a in WEIGHT]
-        mce[norm], relative[norm] = np.mean(ces), np.mean(rels)
-        row = row_of(ce[0], norm)
-        assert row["noise"] == f"{ces[0]:.3f}" and row["motion"] == f"{ces[1]:.3f}"
-        assert row["mCE"] == f"{mce[norm]:.3f}" and row["relative mCE"] == f"{relative[norm]:.3f}"
-    assert row_of(ce[0], "batch")["mCE"] == "1.000"
-    adapt_ce = np.mean([errors("batch", "adapt", a).sum() / errors("batch", "eval", a).sum() for a in WEIGHT])
-    assert row_of(ce[0], "batch + BN-adapt")["mCE"] == f"{adapt_ce:.3f}"
-    weights = (2 / 3) ** np.arange(1, 6)
-    ladder = np.array([seed_mean("layer", "eval", "motion", s) for s in range(1, 6)])
-    degradation = (weights * (CLEAN["layer"] - ladder)).sum() / weights.sum()
-    assert row_of(ce[1], "layer")["motion"].endswith(f" / {degradation:.3f}")
+    for arm in ("group", "layer"):
+        e = {a: corruption_errors(arm, "eval", a, SEVERITIES) for a in WEIGHT}
+        row = row_of(ce[0], arm)
+        assert row["noise"] == bracket(e["noise"]["ce"], 0.04)
+        assert row["mCE"] == bracket(np.mean([e[a]["ce"] for a in WEIGHT]), 0.04)
+        assert row_of(ce[1], arm)["motion"] == (f"{bracket(e['motion']['relative_ce'], 0.04)} / "
+                                                f"{bracket(e['motion']['degradation'], 0.04)}")
 
-    # paired comparisons: the (group, batch) rows are flipped to group - batch; * where p < 0.05
-    paired = section(md, "Paired comparisons")
-    heading = "### group-seed0 (group, eval) - batch-seed0 (batch, eval)"
-    assert heading in paired
-    matrix = tables(paired[paired.index(heading):])[0]
-    d = mean_auc("group", 0, "eval", "noise", 5) - mean_auc("batch", 0, "eval", "noise", 5)
-    assert row_of(matrix, "noise")["5"] == f"{d:+.3f} [{d - 0.03:+.3f}, {d + 0.03:+.3f}] p=0.001 *"
-    d1 = mean_auc("group", 0, "eval", "noise", 1) - mean_auc("batch", 0, "eval", "noise", 1)
-    assert row_of(matrix, "noise")["1"] == f"{d1:+.3f} [{d1 - 0.03:+.3f}, {d1 + 0.03:+.3f}] p=0.400"
-    assert "9.000" not in md  # per-label comparison rows are not mixed into the mean-AUC tables
+    # adaptation: gain split into clean and artifact-specific; the fraction of BN's loss recovered
+    adapt = tables(section(md, "Test-time adaptation"))
+    clean_gain = -CLEAN_COST["adapt"]
+    total = pooled("batch", "adapt", "noise", SEVERITIES) - pooled("batch", "eval", "noise", SEVERITIES)
+    row = row_of(adapt[0], "noise", "batch + AdaBN")
+    assert row["clean gain"] == bracket(clean_gain, 0.03, True)
+    assert row["artifact-specific gain"] == bracket(total - clean_gain, 0.03, True)
+    loss = sum(CLEAN["batch"] - arm_auc("batch", "eval", "motion", s) for s in SEVERITIES)
+    won = sum(arm_auc("batch", "adapt", "motion", s) - arm_auc("batch", "eval", "motion", s) for s in SEVERITIES)
+    assert row_of(adapt[1], "motion", "batch + AdaBN")["fraction recovered"] == bracket(won / loss, 0.1)
+    assert won / loss == pytest.approx(RECOVER["adapt"] - CLEAN_COST["adapt"] * 5 / loss)
 
-    # BN adaptation: one matrix per batch run; BN shift table averaged over layers and runs
-    assert "### batch-seed1: adapt - eval" in section(md, "BN adaptation")
-    shift = tables(section(md, "Batch-norm statistics shift"))[0]
-    expected = np.mean([0.05 + 0.02 * 5 * 1.5 * (depth + 1) + 0.01 * s for depth in range(5) for s in (0, 1)])
-    assert row_of(shift, "motion")["5"] == f"{expected:.3f}"
-
-    # findings: lowest mCE, the largest drop, significance counts, all from the numbers
-    findings = section(md, "Key findings")
-    assert 4 <= findings.count("\n- ") + findings.startswith("- ") <= 7
-    assert re.search(r"(\w+) has the lowest mCE", findings).group(1) == min(mce, key=mce.get) == "group"
-    assert "largest drop from clean is batch under motion" in findings
-    tests = [(mean_auc("group", s, "eval", a, v) - mean_auc("batch", s, "eval", a, v))
-             for s in (0, 1) for a in WEIGHT for v in range(1, 6)]
-    significant = sum(abs(t) >= 0.05 for t in tests)
-    assert f"group vs batch: p < 0.05 in {significant} of {len(tests)}" in findings
-    assert "BN-adapt changes batch's mean AUC by +" in findings
-    assert "under motion at severity 5" in findings
+    # the report ends with the three findings report() returns
+    assert md.rstrip().endswith(written["findings"][-1])
+    assert bullets(section(md, "In three lines")) == written["findings"] and len(written["findings"]) == 3
+    assert written["findings"][0].startswith("group - batch, mean AUC over all artifacts")
 
 
-def test_one_run_without_batch_norm_comparisons_or_shift(tmp_path):
-    results = write_results(tmp_path / "results", runs=[("group", 0)], comparisons=False)
-    written = report(results, tmp_path / "report", formats=("png", "svg"))
-    md = written["report"].read_text()
-    assert sorted(p.name for p in written["figures"]) == ["auc_vs_severity.png", "auc_vs_severity.svg",
-                                                        "corruption_error.png", "corruption_error.svg"]
-    assert "The reference norm batch is not among the runs; CE below is relative to group." in md
-    assert row_of(tables(section(md, "Corruption errors"))[0], "group")["mCE"] == "1.000"
-    assert "No paired comparisons" in md and "No BN statistics" in md
-    assert "BN adaptation" not in md
-    assert "One seed per norm" in md
-    clean = tables(section(md, "Clean performance"))
-    assert len(clean) == 1  # one seed per norm: no per-norm table repeating the per-run one
-    assert row_of(clean[0], "group-seed0")["mean AUC"] == "0.840 [0.810, 0.870]"
+def test_html_is_self_contained(tmp_path):
+    results = write_results(tmp_path / "results", arms=("batch", "group"), artifacts=("noise",), severities=(2, 5))
+    written = report(results, tmp_path / "report", formats=("svg",))
+    text = written["html"].read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    images = re.findall(r'<img [^>]*src="([^"]+)"', text)
+    assert len(images) == len(written["figures"]) and all(src.startswith("data:image/png;base64,") for src in images)
+    assert not re.search(r'(src|href)="(?!data:)', text)  # nothing outside the file
+    import base64
+
+    import matplotlib.image
+
+    png = base64.b64decode(images[0].split(",", 1)[1])
+    (tmp_path / "x.png").write_bytes(png)
+    assert matplotlib.image.imread(tmp_path / "x.png").ndim == 3
+    for finding in written["findings"]:  # the same findings, escaped
+        assert finding.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in text
+    assert "<h2>Primary endpoint</h2>" in text and "<table>" in text
 
 
-def test_no_batch_norm_single_cell_and_stale_figures(tmp_path):
-    out = tmp_path / "report"
-    report(write_results(tmp_path / "full"), out)
-    assert (out / "figures" / "bn_shift.png").is_file()
-    results = write_results(tmp_path / "small", runs=[("group", 0), ("layer", 0)], artifacts=("noise",),
-                            severities=(3,), bn_shift=False)
-    (results / "bn_shift.csv").write_text(",".join(FORMAT_COLUMNS["bn_shift.csv"]) + "\n")  # header only
-    written = report(results, out, reference_norm="layer")
-    md = written["report"].read_text()
-    assert sorted(p.name for p in (out / "figures").iterdir()) == ["auc_vs_severity.png", "corruption_error.png"]
-    for path in written["figures"]:
-        check_png(path)
-    ce = row_of(tables(section(md, "Corruption errors"))[0], "group")
-    expected = (1 - mean_auc("group", 0, "eval", "noise", 3)) / (1 - mean_auc("layer", 0, "eval", "noise", 3))
-    assert ce["noise"] == f"{expected:.3f}"
-    assert "layer has the lowest mCE" in md or "group has the lowest mCE" in md
-    assert "No BN statistics" in md and "bn_shift" not in md.split("## Batch-norm")[0].split("## Robustness")[1]
-    # the file holds layer - group; with layer as the reference it is shown as group - layer
-    d = mean_auc("group", 0, "eval", "noise", 3) - mean_auc("layer", 0, "eval", "noise", 3)
-    heading = "### group-seed0 (group, eval) - layer-seed0 (layer, eval)"
-    assert heading in md
-    assert row_of(tables(md[md.index(heading):])[0], "noise")["3"].startswith(f"{d:+.3f} [")
-    assert f"group vs layer: p < 0.05 in {int(abs(d) >= 0.05)} of 1" in md
-
-
-def test_undefined_values_print_as_na(tmp_path):
-    results = write_results(tmp_path / "results", runs=[("batch", 0), ("group", 0)], artifacts=("noise",),
-                            severities=(1, 2), comparisons=False, bn_shift=False)
-    text = (results / "results.csv").read_text().splitlines()
-    # every group AUC undefined under noise: empty cells, as evaluate writes NaN
-    text = [re.sub(r"(,auc),[^,]*,[^,]*,[^,]*$", r"\1,,,", line) if line.startswith("group-seed0") and ",noise," in line
-            else line for line in text]
-    (results / "results.csv").write_text("\n".join(text) + "\n")
+def test_not_learned_by_chance_interval(tmp_path):
+    """A run whose clean mean AUC interval includes 0.5: its arm is flagged, no robustness claim."""
+    results = write_results(tmp_path / "results", clean={"batch": 0.56}, run_clean_half={"batch-seed1": 0.08})
     md = report(results, tmp_path / "report")["report"].read_text()
-    row = [r for r in tables(section(md, "Robustness to artifacts"))[1] if r[:2] == ["noise", "group"]][0]
-    assert row[3:] == ["n/a", "n/a", "n/a", "n/a"]
-    assert row_of(tables(section(md, "Corruption errors"))[0], "group")["mCE"] == "n/a"
+    rails = tables(section(md, "Guard rails: did each model learn?"))[0]
+    assert "includes chance (0.5)" in row_of(rails, "batch-seed1")["verdict"]
+    assert row_of(rails, "batch-seed0")["verdict"] == "learned"
+    found = bullets(section(md, "Key findings"))
+    assert found[0].startswith("Primary endpoint") and "batch did not learn, so no robustness claim" in found[0]
+    assert not any(f.startswith("Cell-wise") for f in found)  # every comparison is with the arm that did not learn
+    assert "batch" not in next(f for f in found if f.startswith("Room above chance"))
+    assert row_of(tables(section(md, "Primary endpoint"))[0], "group - batch")["note"] == "no claim: not learned"
+    assert "Not learned: batch" in section(md, "In three lines")
+    assert "**batch** not learned" in section(md, "Guard rails: did each model learn?")
+
+
+def test_not_learned_by_early_peak(tmp_path):
+    curve = {"epochs": 8, "best_epoch": 1, "best_val_auc": 0.7, "first_val_auc": 0.66, "peaked_early": True}
+    results = write_results(tmp_path / "results", curves={"group-seed0": curve})
+    md = report(results, tmp_path / "report")["report"].read_text()
+    row = row_of(tables(section(md, "Guard rails: did each model learn?"))[0], "group-seed0")
+    assert row["best epoch"] == "2 of 8" and row["verdict"] == "validation AUC peaked at epoch 2 of 8"
+    assert "group did not learn" in bullets(section(md, "Key findings"))[0]
+    assert row_of(tables(section(md, "What was evaluated"))[1], "group")["learned"] == "**not learned**"
+
+
+def test_early_peak_rule():
+    from mrrobust.report.statistics import early_peak, training_curve
+
+    assert early_peak(1, 8) and early_peak(0, 4) and not early_peak(2, 8) and not early_peak(0, 3)
+    assert training_curve({"curve": {"epochs": 12, "best_epoch": 2}})["peaked_early"]
+    assert training_curve({}) == {}
+
+
+def test_confounded_by_the_clean_gap(tmp_path):
+    """group is clearly worse on clean slices: its robustness gap is called confounded."""
+    results = write_results(tmp_path / "results", arms=("batch", "group"), clean={"group": 0.78}, clean_gap_half=0.02)
+    md = report(results, tmp_path / "report")["report"].read_text()
+    first = bullets(section(md, "Key findings"))[0]
+    gap = 0.78 - CLEAN["batch"]
+    assert f"confounded: the clean gap is {bracket(gap, 0.02, True)}" in first
+    assert row_of(tables(section(md, "Primary endpoint"))[0], "group - batch")["note"] == "confounded by the clean gap"
+    assert "confounded by the clean gap" in section(md, "In three lines")
+
+
+def test_orderings_come_from_the_paired_test(tmp_path):
+    """Clean arm intervals overlap (0.830 +- 0.02 vs 0.850 +- 0.02): an ordering is still stated when
+    the paired test rejects, and none is stated when it does not, whatever the intervals."""
+    results = write_results(tmp_path / "results", arms=("batch", "group"))
+    path = results / "arm_comparisons.csv"
+    edit_csv(path, dict(arm_b="group", artifact="clean", metric="auc"), p_value=0.004, p_holm=0.004)
+    md = report(results, tmp_path / "a")["report"].read_text()
+    assert "group - batch -0.020 [-0.050, +0.010] (group below batch)" in section(md, "Key findings")
+    edit_csv(path, dict(arm_b="group", artifact="clean", metric="auc"), p_value=0.3, p_holm=0.3,
+             difference=-0.2, ci_low=-0.21, ci_high=-0.19)
+    md = report(results, tmp_path / "b")["report"].read_text()
+    assert "(ordering of group and batch not established, Holm p 0.300)" in section(md, "Key findings")
+
+
+def test_relative_ce_undefined_where_the_reference_does_not_drop(tmp_path):
+    results = write_results(tmp_path / "results", flat=[("batch", "noise")])
+    md = report(results, tmp_path / "report")["report"].read_text()
+    ce = section(md, "Corruption errors")
+    assert "Relative CE is **undefined** under noise" in ce
+    relative = tables(ce)[1]
+    assert row_of(relative, "group")["noise"].startswith("undefined / ")
+    assert row_of(tables(ce)[0], "group")["relative mCE"] == "n/a"  # averages every artifact
+    e = corruption_errors("group", "eval", "motion", SEVERITIES, flat=(("batch", "noise"),))
+    assert row_of(relative, "group")["motion"].startswith(bracket(e["relative_ce"], 0.04))
+
+
+def test_relative_ce_without_arms_uses_the_point_rule(tmp_path):
+    """An older RESULTS folder (no arms.csv): one arm per run; relative CE undefined where the
+    reference's drop is not positive; training variance unmeasured."""
+    results = write_results(tmp_path / "results", seeds=(0,), flat=[("batch", "noise")], comparisons=False)
+    (results / "arms.csv").unlink()
+    md = report(results, tmp_path / "report")["report"].read_text()
+    assert "training variance unmeasured" in md
+    assert "Relative CE is **undefined** under noise" in section(md, "Corruption errors")
+    row = row_of(tables(section(md, "Corruption errors"))[0], "group-seed0")
+    errors = (1 - np.array([arm_auc("group", "eval", "motion", s) + 0.01 for s in SEVERITIES])).sum()
+    reference = (1 - np.array([arm_auc("batch", "eval", "motion", s) + 0.01 for s in SEVERITIES])).sum()
+    assert row["motion"] == f3(errors / reference)  # point value, no interval
+    retained_row = row_of(tables(section(md, "Robustness to artifacts"))[1], "motion")
+    clean = CLEAN["group"] + 0.01
+    expected = np.mean([(arm_auc("group", "eval", "motion", s) + 0.01 - 0.5) / (clean - 0.5) for s in SEVERITIES])
+    assert retained_row["group-seed0"] == f3(expected)
+
+
+def test_few_positive_volumes_are_flagged(tmp_path):
+    results = write_results(tmp_path / "results", positive={"acl": 6})
+    md = report(results, tmp_path / "report")["report"].read_text()
+    sizes = tables(section(md, "What was evaluated"))[0]
+    assert row_of(sizes, "test (evaluated)")["acl +vol"] == "6 **(< 10)**"
+    assert row_of(sizes, "train")["acl +vol"] == "40"
+    assert "Fewer than 10 positive test volumes for acl (6)" in section(md, "Key findings")
+
+
+def test_positive_volumes_counted_from_slices_without_sizes(tmp_path):
+    import json
+
+    results = write_results(tmp_path / "results", positive={"mtear": 4})
+    settings = json.loads((results / "evaluation.json").read_text())
+    del settings["sizes"]
+    (results / "evaluation.json").write_text(json.dumps(settings))
+    md = report(results, tmp_path / "report")["report"].read_text()
+    assert row_of(tables(section(md, "What was evaluated"))[0], "test (evaluated)")["mtear +vol"] == "4 **(< 10)**"
+
+
+@pytest.mark.parametrize("case", ["one seed", "no batch arm", "one arm", "no adaptation"])
+def test_subsets(tmp_path, case):
+    options = {"one seed": dict(seeds=(0,)), "no batch arm": dict(arms=("group", "layer"), reference="group"),
+               "one arm": dict(arms=("layer",), reference="layer"), "no adaptation": dict(modes=("eval",))}[case]
+    results = write_results(tmp_path / "results", artifacts=("noise",), severities=(1, 3), **options)
+    written = report(results, tmp_path / "report")
+    md = written["report"].read_text()
+    assert len(written["findings"]) == 3 and "n/a [" not in md
+    found = bullets(section(md, "Key findings"))
+    if case == "one seed":
+        assert "training variance unmeasured" in section(md, "What was evaluated")
+        assert "One seed per arm: training variance unmeasured" in " ".join(found)
+    if case == "no batch arm":
+        assert found[0].startswith("Primary endpoint: mean AUC over every artifact and severity, layer - group")
+        assert "No BN statistics" in md and "No adaptation modes" in md
+    if case == "one arm":
+        assert found[0].startswith("One arm only (layer)")
+        assert "One arm only" in section(md, "Primary endpoint")
+        assert written["findings"][0].startswith("layer: mean AUC over all artifacts "
+                                                 + bracket(pooled("layer", "eval", "all", (1, 3), ("noise",)), HALF))
+    if case == "no adaptation":
+        assert "No adaptation modes" in md
+        assert "adaptation_gain.png" not in [p.name for p in written["figures"]]
+
+
+def test_reference_other_than_evaluates(tmp_path):
+    results = write_results(tmp_path / "results", arms=("batch", "group"), artifacts=("noise",), severities=(2,))
+    md = report(results, tmp_path / "report", reference_norm="group")["report"].read_text()
+    assert "evaluate compared every arm with batch" in md
+    # comparisons are found whichever way round arm_comparisons.csv holds them
+    d = arm_auc("batch", "eval", "noise", 2) - arm_auc("group", "eval", "noise", 2)
+    assert row_of(tables(section(md, "Paired comparisons"))[0], "noise")["2"].startswith(bracket(d, 0.03, True))
+    errors = (1 - arm_auc("batch", "eval", "noise", 2)) / (1 - arm_auc("group", "eval", "noise", 2))
+    assert row_of(tables(section(md, "Corruption errors"))[0], "batch")["noise"] == f3(errors)
+
+
+def test_stale_figures_are_removed(tmp_path):
+    out = tmp_path / "report"
+    report(write_results(tmp_path / "full", artifacts=("noise",), severities=(1, 2)), out)
+    assert (out / "figures" / "bn_shift.png").is_file()
+    (out / "figures" / "bn_adapt_gain.png").write_bytes(b"old")
+    small = write_results(tmp_path / "small", arms=("group",), seeds=(0,), artifacts=("noise",), severities=(2,),
+                          reference="group", predictions=False)
+    written = report(small, out)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(p.name for p in written["figures"]) == [
+        "auc_vs_severity.png", "corruption_error.png"]
 
 
 @pytest.mark.parametrize("missing", ["results.csv", "evaluation.json"])
 def test_missing_file_is_one_line_error(tmp_path, missing):
-    results = write_results(tmp_path / "results", runs=[("batch", 0)])
+    results = write_results(tmp_path / "results", arms=("batch",), artifacts=("noise",), severities=(1,))
     (results / missing).unlink()
     with pytest.raises(MrRobustError) as err:
         report(results, tmp_path / "report")
@@ -315,28 +365,42 @@ def test_missing_file_is_one_line_error(tmp_path, missing):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    results = write_results(tmp_path / "results", runs=[("batch", 0)])
+    results = write_results(tmp_path / "results", arms=("batch",), artifacts=("noise",), severities=(1,))
     with pytest.raises(MrRobustError, match="figure format"):
         report(results, tmp_path / "report", formats=("gif",))
-    (results / "results.csv").write_text("run,norm\nx,batch\n")
+    (results / "evaluation.json").write_text("{not json")
+    with pytest.raises(MrRobustError, match="not valid JSON"):
+        report(results, tmp_path / "report")
+    (results / "evaluation.json").write_text("{}")
+    (results / "arms.csv").write_text("arm,bn_mode\nx,eval\n")
     with pytest.raises(MrRobustError, match="lacks the column"):
         report(results, tmp_path / "report")
+    (results / "arms.csv").unlink()
+    edit_csv(results / "results.csv", dict(artifact="clean", label="mean", metric="auc"), value="high")
+    with pytest.raises(MrRobustError, match="is not a number"):
+        report(results, tmp_path / "report")
+    assert not (tmp_path / "report" / "report.md").exists()
 
 
 def test_command_line(tmp_path):
-    """`mrrobust report` writes the report; a folder that is not RESULTS is one line and exit 2."""
+    """`mrrobust report` writes both reports and prints the three findings; a folder that is not
+    RESULTS is one line and exit 2."""
     import subprocess
     import sys
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "mrrobust.cli", "report", *map(str, args)], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=300)
 
     missing = run(tmp_path / "nowhere", "--out", tmp_path / "report")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and "no evaluation.json" in lines[0] and "mrrobust evaluate" in lines[0]
-    results = write_results(tmp_path / "results", runs=[("batch", 0)], artifacts=("noise",), severities=(5,))
+    results = write_results(tmp_path / "results", arms=("batch", "group"), artifacts=("noise",), severities=(5,),
+                            predictions=False)
     done = run(results, "--out", tmp_path / "report", "--formats", "svg")
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "figures" / "bn_shift.svg").is_file()
+    assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "report" / "figures" / "bn_shift.svg").is_file()
+    printed = [line[2:] for line in done.stdout.splitlines() if line.startswith("- ")]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert printed == bullets(section(md, "In three lines")) and len(printed) == 3

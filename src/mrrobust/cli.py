@@ -259,15 +259,18 @@ def evaluate(
 @command
 def report(
     results: Path = typer.Argument(..., help="RESULTS folder written by `mrrobust evaluate`."),
-    out: Path = typer.Option(..., "--out", help="REPORT folder to write (report.md and figures/)."),
-    reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
+    out: Path = typer.Option(..., "--out", help="REPORT folder to write (report.md, report.html, figures/)."),
+    reference_norm: Optional[str] = typer.Option(
+        None, help="Reference arm (an arm name, or a norm: its first arm); default: evaluate's reference arm."),
     formats: str = typer.Option("png", help="Figure formats, comma-separated (png, pdf, svg)."),
 ):
-    """Tables and figures from a RESULTS folder (no GPU needed): report.md with figures."""
+    """Tables, figures and findings from a RESULTS folder (no GPU needed): report.md and a self-contained report.html."""
     from mrrobust.report import report as write_report
 
     written = write_report(results, out, reference_norm=reference_norm, formats=tuple(_names(formats)))
-    print(f"{written['report']} ({len(written['figures'])} figures)")
+    print(f"{written['report']} and {written['html']} ({len(written['figures'])} figures)")
+    for line in written["findings"]:
+        print(f"- {line}")
 
 
 @command

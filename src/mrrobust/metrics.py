@@ -239,19 +239,10 @@ def cluster_weights(groups, n_boot: int, seed: int) -> np.ndarray:
     distinct groups, each row's group, `n_boot` and `seed`: reordering the rows reorders the
     columns, and every model evaluated on the same slices gets the same resamples.
     """
-    groups = np.asarray(groups)
-    if groups.ndim != 1 or groups.size == 0:
-        raise ValueError(f"groups {groups.shape} must be a non-empty (N,) array")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot {n_boot!r} must be a positive integer")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed {seed!r} must be an integer")
-    distinct, group_of_row = np.unique(groups, return_inverse=True)
-    count = distinct.size
-    draws = np.random.default_rng(seed).integers(0, count, size=(n_boot, count))
-    offsets = count * np.arange(n_boot)[:, None]
-    drawn = np.bincount((draws + offsets).ravel(), minlength=n_boot * count).reshape(n_boot, count)
-    return np.take(drawn, group_of_row.ravel(), axis=1).astype(np.float64)
+    from mrrobust.resampling import volume_counts
+
+    counts, group_of_row = volume_counts(groups, n_boot, seed)
+    return np.take(counts, group_of_row, axis=1)
 
 
 def _per_label(targets: np.ndarray, scores: np.ndarray, thresholds, weights) -> tuple[dict, dict]:
