@@ -29,7 +29,7 @@ MODE_STYLES = {"eval": "-", "adapt": "--", "prior": "-.", "tent": ":"}
 MODE_NAMES = {"eval": "eval", "adapt": "AdaBN", "prior": "BN-adapt prior", "tent": "TENT"}
 ARM_MARKERS = ("o", "s", "^", "D", "v")  # arms of one norm (e.g. with and without augmentation)
 DPI = 120
-CALIBRATION_BINS = 10
+CALIBRATION_BINS = 15  # evaluate's ECE bins when evaluation.json does not say
 RELIABILITY_RESAMPLES = 200
 
 
@@ -226,7 +226,7 @@ def adaptation_gain(res: Results, folder: Path, formats) -> Figure:
 
 def difference_heatmap(res: Results, reference: str, folder: Path, formats) -> Figure | None:
     """Per arm: mean AUC minus the reference arm's, artifact x severity (eval mode), one shared
-    colour scale with a colour bar; * marks cells significant after Holm."""
+    colour scale with a colour bar; * marks cells significant after Holm (the cell family)."""
     others = [arm for arm in res.arms if arm != reference]
     grids = {}
     for arm in others:
@@ -248,7 +248,8 @@ def difference_heatmap(res: Results, reference: str, folder: Path, formats) -> F
     for ax, (arm, (grid, stars)) in zip(axes[0], grids.items()):
         image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for i, j in zip(*np.nonzero(stars)):
-            ax.text(j, i, "*", ha="center", va="center", fontsize=8)
+            ax.text(j, i, "*", ha="center", va="center", fontsize=8,
+                    color="white" if abs(grid[i, j]) > 0.6 * limit else "black")
         ax.set_xticks(range(len(res.severities)), [str(s) for s in res.severities], fontsize=6)
         ax.set_yticks(range(len(res.artifacts)), res.artifacts, fontsize=6)
         ax.set_xlabel("severity", fontsize=6)
@@ -259,7 +260,8 @@ def difference_heatmap(res: Results, reference: str, folder: Path, formats) -> F
     return _save(fig, "difference_heatmap", "difference in mean AUC against the reference", folder, formats)
 
 
-def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndarray, seed: int = 0) -> np.ndarray:
+def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndarray, bins: int = CALIBRATION_BINS,
+                       seed: int = 0) -> np.ndarray:
     """(bins, 4): per equal-width bin of predicted probability, (mean predicted, observed
     frequency, its low, its high), every label's (target, score) pooled; targets and scores
     (N, L), volumes (N,). The interval is the 95% percentile interval of a volume bootstrap
@@ -270,9 +272,9 @@ def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndar
     y, p = targets[known], scores[known]
     groups = np.broadcast_to(volumes[:, None], targets.shape)[known]
     weights = cluster_weights(groups, RELIABILITY_RESAMPLES, seed)  # (B, M)
-    which = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
-    points = np.full((CALIBRATION_BINS, 4), math.nan)
-    for b in range(CALIBRATION_BINS):
+    which = np.clip((p * bins).astype(int), 0, bins - 1)
+    points = np.full((bins, 4), math.nan)
+    for b in range(bins):
         inside = which == b
         if not inside.any():
             continue
@@ -288,6 +290,7 @@ def reliability(res: Results, cells: dict, folder: Path, formats) -> Figure | No
     arm's worst artifact at the highest severity. `cells[arm] = (artifact, severity)`."""
     if not res.slices:
         return None
+    bins = int((res.settings.get("statistics") or {}).get("ece_bins") or CALIBRATION_BINS)
     targets = res.targets()
     volumes = np.array([row["volume"] for row in res.slices])
     panels = {}
@@ -299,7 +302,7 @@ def reliability(res: Results, cells: dict, folder: Path, formats) -> Figure | No
             if scores:
                 curves[artifact, severity] = reliability_points(
                     np.tile(targets, (len(scores), 1)), np.vstack(scores), np.tile(volumes, len(scores)),
-                    seed=int(res.settings.get("seed", 0) or 0))
+                    bins=bins, seed=int(res.settings.get("seed", 0) or 0))
         if curves:
             panels[arm] = curves
     if not panels:
@@ -323,7 +326,7 @@ def reliability(res: Results, cells: dict, folder: Path, formats) -> Figure | No
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=6, frameon=False)
     axes[0].set_ylabel("observed frequency", fontsize=7)
-    fig.suptitle(f"reliability, labels pooled ({CALIBRATION_BINS} bins; bars: volume bootstrap interval)", fontsize=8)
+    fig.suptitle(f"reliability, labels pooled ({bins} bins, as the ECE; bars: volume bootstrap interval)", fontsize=8)
     fig.tight_layout()
     return _save(fig, "reliability", "reliability diagram", folder, formats)
 
