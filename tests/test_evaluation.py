@@ -1,8 +1,9 @@
 """evaluate: the RESULTS folder checked against direct forwards, scikit-learn and itself resumed.
 
 Two tiny runs (batch and layer norm, 1 epoch) plus a copy of the batch run under another
-folder name; one evaluation of the val split (every label has positives there) over two
-artifacts at severities 1 and 5 is shared by most tests.
+folder name (so the batch arm holds two runs); one evaluation of the val split (every label
+has positives there) over two artifacts at severities 1 and 5, every bn mode, is shared by
+most tests.
 """
 
 from __future__ import annotations
@@ -68,16 +69,28 @@ def predictions(out: Path, run: str, mode: str, artifact: str, severity: int) ->
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    """Every file's bytes; evaluation.json without its environment (wall time, finish time)."""
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+             if p.is_file()}
+    if "evaluation.json" in files:
+        record = json.loads(files["evaluation.json"])
+        record.pop("environment", None)
+        files["evaluation.json"] = json.dumps(record, sort_keys=True).encode()
+    return files
+
+
+MODES = ("eval", "adapt", "prior", "tent")
 
 
 def test_layout_counts_and_slices(results, tiny_store):
     out, summary = results
-    # 2 batch-norm runs x (eval + adapt) + 1 layer-norm run x eval, 5 cells each
-    assert summary == {"out": out, "cells": 25, "computed": 25, "reused": 0}
-    for name in ("evaluation.json", "slices.csv", "results.csv", "comparisons.csv", "bn_shift.csv"):
+    # 2 batch-norm runs x (eval, adapt, prior, tent) + 1 layer-norm run x eval, 5 cells each
+    assert summary == {"out": out, "cells": 45, "computed": 45, "reused": 0,
+                       "arms": {"batch": ["batch-seed0", "twin-seed0"], "layer": ["layer-seed0"]}}
+    for name in ("evaluation.json", "slices.csv", "results.csv", "thresholds.csv", "arms.csv",
+                 "arm_comparisons.csv", "bn_shift.csv"):
         assert (out / name).is_file()
+    assert not (out / "comparisons.csv").exists()
     dataset = SliceDataset(tiny_store, SPLIT)
     slices = read_csv(out / "slices.csv")
     assert list(slices[0]) == ["slice_id", "volume", "slice", *LABELS]
@@ -117,7 +130,7 @@ def test_every_run_sees_the_same_inputs(results):
     """A copy of a RUN under another name gets bit-identical predictions and BN statistics in
     every cell, eval and adapt: the artifacts do not depend on the model or its order."""
     out, _ = results
-    for mode in ("eval", "adapt"):
+    for mode in MODES:
         for artifact, severity in CELLS:
             np.testing.assert_array_equal(predictions(out, "batch-seed0", mode, artifact, severity),
                                           predictions(out, "twin-seed0", mode, artifact, severity))
@@ -167,40 +180,21 @@ def test_results_agree_with_scikit_learn(results, runs):
     assert checked >= 6
 
 
-def test_comparisons_pair_same_seed_runs_and_adapt_with_eval(results):
+def test_adaptations_only_for_batch_norm_runs(results):
     out, _ = results
-    rows = read_csv(out / "comparisons.csv")
-    assert list(rows[0]) == ["run_a", "run_b", "bn_mode_a", "bn_mode_b", "artifact", "severity",
-                             "label", "metric", "difference", "ci_low", "ci_high", "p_value"]
-    pairs = {(r["run_a"], r["run_b"], r["bn_mode_a"], r["bn_mode_b"]) for r in rows}
-    assert pairs == {("batch-seed0", "twin-seed0", "eval", "eval"),
-                     ("batch-seed0", "layer-seed0", "eval", "eval"),
-                     ("twin-seed0", "layer-seed0", "eval", "eval"),
-                     ("batch-seed0", "batch-seed0", "eval", "adapt"),
-                     ("twin-seed0", "twin-seed0", "eval", "adapt")}
-    assert len(rows) == len(pairs) * len(CELLS) * 5
-    results_auc = {(r["run"], r["bn_mode"], r["artifact"], r["severity"], r["label"]): number(r["value"])
-                   for r in read_csv(out / "results.csv") if r["metric"] == "auc"}
-    for r in rows:
-        cell = (r["artifact"], r["severity"], r["label"])
-        a = results_auc[(r["run_a"], r["bn_mode_a"], *cell)]
-        b = results_auc[(r["run_b"], r["bn_mode_b"], *cell)]
-        if r["run_a"] == "batch-seed0" and r["run_b"] == "twin-seed0":
-            assert number(r["difference"]) == 0 and number(r["p_value"]) == 1
-        elif not math.isnan(b - a):
-            assert number(r["difference"]) == pytest.approx(b - a, abs=1e-12)
-            assert 0 < number(r["p_value"]) <= 1
-
-
-def test_adapt_only_for_batch_norm_runs(results):
-    out, _ = results
-    assert not (out / "predictions" / "layer-seed0" / "adapt").exists()
+    for mode in MODES[1:]:
+        assert not (out / "predictions" / "layer-seed0" / mode).exists()
     modes = {(r["run"], r["bn_mode"]) for r in read_csv(out / "results.csv")}
-    assert modes == {("batch-seed0", "eval"), ("batch-seed0", "adapt"), ("twin-seed0", "eval"),
-                     ("twin-seed0", "adapt"), ("layer-seed0", "eval")}
-    # AdaBN changed the predictions
-    assert not np.array_equal(predictions(out, "batch-seed0", "eval", "noise", 5),
-                              predictions(out, "batch-seed0", "adapt", "noise", 5))
+    assert modes == {(run, mode) for run in ("batch-seed0", "twin-seed0") for mode in MODES} | \
+        {("layer-seed0", "eval")}
+    # every adaptation changed the predictions, and each differently
+    noisy = {mode: predictions(out, "batch-seed0", mode, "noise", 5) for mode in MODES}
+    for a in MODES:
+        for b in MODES:
+            assert a == b or not np.array_equal(noisy[a], noisy[b])
+    record = json.loads((out / "evaluation.json").read_text())
+    assert {r["name"]: r["bn_modes"] for r in record["runs"]} == {
+        "batch-seed0": list(MODES), "twin-seed0": list(MODES), "layer-seed0": ["eval"]}
 
 
 def test_bn_shift_rows_for_batch_norm_runs_grow_under_noise(results, runs):
@@ -238,9 +232,9 @@ def test_resume_recomputes_the_missing_cells_to_the_same_bytes(results, runs, ti
     leftover = prediction_path(out, "twin-seed0", "eval", "gibbs", 5).with_name(".gibbs-5.npy.1.tmp")
     leftover.write_bytes(b"half")
     (out / "results.csv").unlink()
-    (out / "comparisons.csv").write_text("garbage")
+    (out / "arm_comparisons.csv").write_text("garbage")
     summary = evaluate([runs["batch"], runs["twin"], runs["layer"]], tiny_store, out, **SETTINGS)
-    assert summary["computed"] == 4 and summary["reused"] == 21
+    assert summary["computed"] == 4 and summary["reused"] == 41
     assert snapshot(out) == before
 
 
@@ -259,24 +253,26 @@ def test_other_settings_are_refused(results, runs, tiny_store, tmp_path):
     assert snapshot(out) == before
 
 
-def test_without_bootstrap_no_intervals(runs, tiny_store, tmp_path):
+def test_without_bootstrap_the_seeds_alone_are_resampled(runs, tiny_store, tmp_path):
+    """--bootstrap 0: no per-run intervals; an arm of two runs still gets replicates (its seeds),
+    an arm of one run gets none."""
     out = tmp_path / "results"
-    summary = evaluate([runs["batch"], runs["layer"]], tiny_store, out, artifacts=["noise"],
-                       severities=[1], bn_modes=["eval"], bootstrap=0, progress=False)
-    assert summary["cells"] == 4 and not (out / "predictions" / "batch-seed0" / "adapt").exists()
+    summary = evaluate([runs["batch"], runs["twin"], runs["layer"]], tiny_store, out,
+                       artifacts=["noise"], severities=[1], bn_modes=["eval"], bootstrap=0,
+                       progress=False)
+    assert summary["cells"] == 6 and not (out / "predictions" / "batch-seed0" / "adapt").exists()
     rows = read_csv(out / "results.csv")
     slice_ids = [r["slice_id"] for r in read_csv(out / "slices.csv")]
     assert slice_ids == SliceDataset(tiny_store, "test").slice_ids  # the default split
     assert all(r["ci_low"] == r["ci_high"] == "" for r in rows)
-    auc = {(r["run"], r["artifact"], r["label"]): number(r["value"]) for r in rows
-           if r["metric"] == "auc"}
-    comparisons = read_csv(out / "comparisons.csv")
-    assert len(comparisons) == 2 * 5
-    for r in comparisons:
-        assert r["ci_low"] == r["ci_high"] == r["p_value"] == ""
-        expected = auc[("layer-seed0", r["artifact"], r["label"])] - \
-            auc[("batch-seed0", r["artifact"], r["label"])]
-        assert number(r["difference"]) == pytest.approx(expected, nan_ok=True)
+    arms = read_csv(out / "arms.csv")
+    assert all(r["ci_low"] == r["ci_high"] == "" for r in arms if r["arm"] == "layer")
+    # two identical runs: resampling them changes nothing, the interval is the point
+    for r in arms:
+        if r["arm"] == "batch" and r["value"] != "":
+            assert number(r["ci_low"]) == pytest.approx(number(r["value"]))
+    statistics = json.loads((out / "evaluation.json").read_text())["statistics"]
+    assert statistics["volumes_resampled"] is False and statistics["seeds_resampled"] is True
 
 
 def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, tmp_path):
@@ -300,8 +296,17 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, tmp_path):
         (dict(runs=[tmp_path / "nowhere"]), "does not exist"),
         (dict(artifacts=["nosie"]), "unknown artifact 'nosie'"),
         (dict(severities=[0, 1]), "severities"),
-        (dict(bn_modes=["train"]), "bn_modes"),
-        (dict(bn_modes=["adapt"]), "must be eval, or eval and adapt"),
+        (dict(bn_modes=["train"]), "unknown bn mode 'train'"),
+        (dict(bn_modes=["adapt"]), "must include eval"),
+        (dict(threshold_from="test"), "unknown --threshold-from 'test'"),
+        (dict(bn_prior=-1), "--bn-prior"),
+        (dict(bootstrap=0), "--bootstrap 0 with arms of one run each"),
+        (dict(runs=[], arms={"b": [runs["batch"], runs["batch"]]}), "twice"),
+        (dict(runs=[], arms={"b": [runs["batch"]], "c": [runs["batch"]]}), "and so does arm 'b'"),
+        (dict(runs=[], arms={"b": [tmp_path / "gone-seed0"]}), "gone-seed0, which does not exist"),
+        (dict(runs=[runs["layer"]], arms={"b": [runs["batch"]]}), "not among the RUN folders given"),
+        (dict(runs=[runs["layer"], runs["batch"]], arms={"b": [runs["batch"]]}), "is in no --arm"),
+        (dict(reference_arm="group"), "--reference-arm 'group' is not an arm"),
         (dict(store=no_test), "no 'test' slices"),
         (dict(store=tmp_path / "nowhere"), "not a finished STORE"),
         (dict(out=busy), "holds no evaluation.json"),
@@ -324,12 +329,12 @@ def test_non_finite_predictions_are_refused_and_redone_on_resume(runs, tiny_stor
     monkeypatch.setattr(evaluation, "_predict", lambda *a, **k: real(*a, **k) * np.nan)
     with pytest.raises(MrRobustError, match="NaN or inf") as err:
         evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
-                 bootstrap=0, progress=False)
+                 bootstrap=10, progress=False)
     assert "\n" not in str(err.value)
     assert not list((out / "predictions").rglob("*.npy"))  # nothing counted as finished
     monkeypatch.setattr(evaluation, "_predict", real)
     summary = evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
-                       bootstrap=0, progress=False)
+                       bootstrap=10, progress=False)
     assert summary["computed"] == 2 and summary["reused"] == 0
 
 
@@ -340,3 +345,163 @@ def test_benchmark_refuses_bad_evaluate_settings_before_training(tiny_store, tmp
         benchmark(tiny_store, tmp_path / "bench", ("batch",), (0,), evaluate_options={"severities": [7]},
                   progress=False)
     assert not (tmp_path / "bench").exists()
+
+
+def _table(out: Path, name: str) -> list[dict]:
+    return read_csv(out / name)
+
+
+def test_arms_group_runs_by_configuration_and_single_run_arms_equal_their_run(results):
+    """batch-seed0 and its byte copy form the arm `batch`; `layer` is one run. A one-run arm's
+    value and interval are the run's (the same volume draws); the two-run arm's value is the mean
+    of its (identical) runs."""
+    out, _ = results
+    record = json.loads((out / "evaluation.json").read_text())
+    arms = {arm["name"]: arm for arm in record["arms"]}
+    assert arms["batch"]["runs"] == ["batch-seed0", "twin-seed0"]
+    assert arms["batch"]["training_variance"] == "measured" and arms["batch"]["seeds"] == [0, 0]
+    assert arms["layer"]["training_variance"] == "unmeasured"
+    assert record["reference_arm"] == "batch"
+    runs = {(r["run"], r["bn_mode"], r["artifact"], r["severity"], r["label"], r["metric"]): r
+            for r in read_csv(out / "results.csv")}
+    rows = _table(out, "arms.csv")
+    assert list(rows[0]) == ["arm", "bn_mode", "artifact", "severity", "label", "metric", "value",
+                             "ci_low", "ci_high", "runs"]
+    checked = 0
+    for r in rows:
+        if r["severity"] == "all" or r["metric"] not in ("auc", "sensitivity", "specificity", "balanced_accuracy"):
+            continue
+        run = "layer-seed0" if r["arm"] == "layer" else "batch-seed0"
+        expected = runs[(run, r["bn_mode"], r["artifact"], r["severity"], r["label"], r["metric"])]
+        assert number(r["value"]) == pytest.approx(number(expected["value"]), abs=1e-12, nan_ok=True)
+        if r["arm"] == "layer":
+            assert r["runs"] == "1"
+            for bound in ("ci_low", "ci_high"):
+                assert number(r[bound]) == pytest.approx(number(expected[bound]), abs=1e-12, nan_ok=True)
+        checked += 1
+    assert checked > 100
+
+
+def test_arm_rows_hold_every_metric_and_the_aggregates_follow_from_the_cells(results):
+    out, _ = results
+    rows = _table(out, "arms.csv")
+    value = {(r["arm"], r["bn_mode"], r["artifact"], r["severity"], r["label"], r["metric"]):
+             number(r["value"]) for r in rows}
+    metrics = {r["metric"] for r in rows}
+    assert metrics == {"auc", "sensitivity", "specificity", "balanced_accuracy", "ece", "retained",
+                       "ce", "relative_ce", "degradation", "mce", "relative_mce"}
+    for arm, mode in [("batch", "eval"), ("batch", "tent"), ("layer", "eval")]:
+        cells = [value[(arm, mode, a, str(s), "mean", "auc")] for a in ARTIFACTS for s in SEVERITIES]
+        assert value[(arm, mode, "all", "all", "mean", "auc")] == pytest.approx(np.mean(cells))
+        for a in ARTIFACTS:
+            ladder = [value[(arm, mode, a, str(s), "mean", "auc")] for s in SEVERITIES]
+            reference = [value[("batch", "eval", a, str(s), "mean", "auc")] for s in SEVERITIES]
+            assert value[(arm, mode, a, "all", "mean", "ce")] == pytest.approx(
+                sum(1 - x for x in ladder) / sum(1 - x for x in reference))
+            clean = value[(arm, mode, "clean", "0", "mean", "auc")]
+            retained = value[(arm, mode, a, "1", "mean", "retained")]
+            assert math.isnan(retained) or retained == pytest.approx((ladder[0] - 0.5) / (clean - 0.5))
+        assert value[(arm, mode, "all", "all", "mean", "mce")] == pytest.approx(
+            np.mean([value[(arm, mode, a, "all", "mean", "ce")] for a in ARTIFACTS]))
+    assert ("layer", "adapt", "clean", "0", "mean", "auc") not in value  # n/a without batch norm
+
+
+def test_arm_comparisons_primary_endpoint_adjustments_and_adaptation_gains(results):
+    out, _ = results
+    rows = _table(out, "arm_comparisons.csv")
+    assert list(rows[0]) == ["arm_a", "arm_b", "bn_mode_a", "bn_mode_b", "artifact", "severity",
+                             "label", "metric", "difference", "ci_low", "ci_high", "p_value",
+                             "p_holm", "q_bh"]
+    value = {(r["arm"], r["bn_mode"], r["artifact"], r["severity"], r["label"], r["metric"]):
+             number(r["value"]) for r in _table(out, "arms.csv")}
+    pairs = {(r["arm_a"], r["arm_b"], r["bn_mode_a"], r["bn_mode_b"]) for r in rows}
+    assert pairs == {("batch", "layer", "eval", "eval")} | {("batch", "batch", "eval", m) for m in MODES[1:]}
+    primary = [r for r in rows if (r["arm_b"], r["bn_mode_b"], r["artifact"], r["severity"], r["label"], r["metric"])
+               == ("layer", "eval", "all", "all", "mean", "auc")]
+    assert len(primary) == 1
+    assert number(primary[0]["difference"]) == pytest.approx(
+        value[("layer", "eval", "all", "all", "mean", "auc")] - value[("batch", "eval", "all", "all", "mean", "auc")])
+    # a family of one (one arm against the reference): adjusted = raw
+    assert primary[0]["p_holm"] == primary[0]["p_value"] == primary[0]["q_bh"]
+    for r in rows:
+        if r["p_value"] != "":
+            p, holm_p, q = number(r["p_value"]), number(r["p_holm"]), number(r["q_bh"])
+            assert 1 / SETTINGS["bootstrap"] <= p <= holm_p <= 1 and p <= q <= holm_p + 1e-12
+    by = {(r["arm_a"], r["arm_b"], r["bn_mode_b"], r["artifact"], r["severity"], r["label"], r["metric"]): r
+          for r in rows}
+    for mode in MODES[1:]:
+        clean_gain = number(by[("batch", "batch", mode, "clean", "0", "mean", "clean_gain")]["difference"])
+        assert clean_gain == pytest.approx(value[("batch", mode, "clean", "0", "mean", "auc")]
+                                           - value[("batch", "eval", "clean", "0", "mean", "auc")])
+        for a, s in [("noise", "5"), ("all", "all")]:
+            gain = value[("batch", mode, a, s, "mean", "auc")] - value[("batch", "eval", a, s, "mean", "auc")]
+            assert number(by[("batch", "batch", mode, a, s, "mean", "auc")]["difference"]) == pytest.approx(gain)
+            assert number(by[("batch", "batch", mode, a, s, "mean", "artifact_gain")]["difference"]) == \
+                pytest.approx(gain - clean_gain)
+            loss = value[("batch", "eval", "clean", "0", "mean", "auc")] - value[("batch", "eval", a, s, "mean", "auc")]
+            recovered = number(by[("batch", "batch", mode, a, s, "mean", "recovered")]["difference"])
+            assert math.isnan(recovered) or recovered == pytest.approx(gain / loss)
+
+
+def test_evaluation_json_records_what_the_report_needs(results, tiny_store):
+    out, _ = results
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["version"] == 2 and record["threshold_from"] == "clean-val"
+    statistics = record["statistics"]
+    assert statistics["replicates"] == SETTINGS["bootstrap"]
+    assert statistics["minimum_p"] == pytest.approx(1 / SETTINGS["bootstrap"])
+    assert statistics["mean_label"]["labels"] == [l for l in LABELS if 0 < SliceDataset(tiny_store, SPLIT).targets[:, LABELS.index(l)].sum() < len(SliceDataset(tiny_store, SPLIT))]
+    assert set(statistics["mean_label"]["resamples_dropped"]) == {"auc", "sensitivity", "specificity", "balanced_accuracy"}
+    assert record["provenance"]["kind"] == "synthetic"
+    rows = (tiny_store / "slices.csv").read_text().splitlines()
+    store_rows = read_csv(tiny_store / "slices.csv")
+    for split in ("train", "val", "test"):
+        chosen = [r for r in store_rows if r["split"] == split]
+        sizes = record["sizes"][split]
+        assert sizes["slices"] == len(chosen) and sizes["volumes"] == len({r["volume"] for r in chosen})
+        for label in LABELS:
+            assert sizes["positive_volumes"][label] == len({r["volume"] for r in chosen if r[label] == "1"})
+    assert record["sizes"]["few_positive_volumes"] == [
+        l for l in LABELS if record["sizes"][SPLIT]["positive_volumes"][l] < 10]
+    run = record["runs"][0]
+    assert set(run["curve"]) == {"epochs", "best_epoch", "best_val_auc", "first_val_auc", "peaked_early"}
+    assert run["curve"]["epochs"] == 1 and run["curve"]["peaked_early"] is False
+    assert run["training"]["seed"] == 0 and run["model"]["norm"] == "batch"
+    assert set(record["environment"]["software"]) >= {"python", "torch", "numpy", "scipy"}
+    assert record["environment"]["wall_time_s"] > 0 and len(rows) > 1
+    assert record["thresholds"]["rule"] == "clean-val"
+
+
+def test_thresholds_from_the_corrupted_validation_split(runs, tiny_store, tmp_path):
+    """corrupted-val: each cell's threshold is the highest validation score whose sensitivity
+    on the validation split corrupted like the cell reaches 0.9 (found here by brute force)."""
+    out = tmp_path / "results"
+    evaluate([runs["layer"], runs["batch"]], tiny_store, out, artifacts=["noise"], severities=[5],
+             bn_modes=["eval", "adapt"], threshold_from="corrupted-val", bootstrap=20, progress=False)
+    val = SliceDataset(tiny_store, "val")
+    assert [r["slice_id"] for r in read_csv(out / "threshold_slices.csv")] == val.slice_ids
+    rows = read_csv(out / "thresholds.csv")
+    assert len(rows) == (2 + 4) * len(LABELS)  # layer: 2 cells x eval; batch: 2 cells x 2 modes
+    for r in rows:
+        scores = np.load(prediction_path(out, r["run"], r["bn_mode"], r["artifact"], int(r["severity"]),
+                                         root="threshold_predictions"))[:, LABELS.index(r["label"])]
+        target = val.targets[:, LABELS.index(r["label"])] == 1
+        candidates = [s for s in np.unique(scores) if target.any() and np.mean(scores[target] >= s) >= 0.9]
+        if candidates:
+            assert number(r["threshold"]) == pytest.approx(max(candidates))
+            assert r["rule"] == "sensitivity>=0.9"
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["thresholds"]["rule"] == "corrupted-val"
+    fallback = {(f["run"], f["bn_mode"], f["artifact"], str(f["severity"]), f["label"]) for f in record["thresholds"]["fallback"]}
+    assert fallback == {(r["run"], r["bn_mode"], r["artifact"], r["severity"], r["label"]) for r in rows
+                        if "fallback" in r["rule"]}
+    # the test-split sensitivity uses that threshold
+    results = {(r["run"], r["bn_mode"], r["artifact"], r["severity"], r["label"], r["metric"]): r
+               for r in read_csv(out / "results.csv")}
+    test = SliceDataset(tiny_store, "test").targets
+    r = next(r for r in rows if r["run"] == "batch-seed0" and r["bn_mode"] == "adapt" and r["artifact"] == "noise"
+             and r["threshold"] != "" and test[:, LABELS.index(r["label"])].any())
+    k = LABELS.index(r["label"])
+    scores = predictions(out, "batch-seed0", "adapt", "noise", 5)[:, k]
+    expected = np.mean(scores[test[:, k] == 1] >= number(r["threshold"]))
+    assert number(results[("batch-seed0", "adapt", "noise", "5", r["label"], "sensitivity")]["value"]) == pytest.approx(expected)

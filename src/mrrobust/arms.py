@@ -80,21 +80,6 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
     return name, listed
 
 
-def check_arms(arms: dict[str, list[str]], known: set[str]) -> None:
-    """Refuse explicit arms that name a run twice (in one arm or two) or a run not given."""
-    seen: dict[str, str] = {}
-    for name, runs in arms.items():
-        for run in runs:
-            if run not in known:
-                raise MrRobustError(f"arm {name!r} names run {run!r}, which is not a RUN folder "
-                                    f"given to evaluate ({', '.join(sorted(known))}); fix the --arm")
-            if run in seen:
-                where = "twice" if seen[run] == name else f"also in arm {seen[run]!r}"
-                raise MrRobustError(f"arm {name!r} names run {run!r} {where}; a run belongs to one "
-                                    f"arm once")
-            seen[run] = name
-
-
 def default_reference(arms: list[Arm], norms: dict[str, str]) -> str | None:
     """The arm named `batch`, else the first arm whose runs are batch norm (`norms` maps arm name
     -> norm), else None."""
@@ -102,3 +87,41 @@ def default_reference(arms: list[Arm], norms: dict[str, str]) -> str | None:
     if "batch" in names:
         return "batch"
     return next((name for name in names if norms.get(name) == "batch"), None)
+
+
+def resolve_arms(runs, arms: dict | None) -> tuple[list, dict | None]:
+    """The RUN folders to read and the explicit arms {name: [folder as given]} (None without
+    `arms`). With `arms`, positional `runs` are optional; when given, every arm member must be
+    one of them and every one of them must be in an arm. Refused (one line): an arm naming a
+    folder that does not exist or was not given, a run named twice (in one arm or two), a
+    positional run in no arm, no runs at all."""
+    from pathlib import Path
+
+    positional = [] if runs is None else ([runs] if isinstance(runs, (str, Path)) else list(runs))
+    if not arms:
+        return positional, None
+    given = {Path(run).resolve(): run for run in positional}
+    seen: dict = {}
+    explicit = {}
+    for name, members in arms.items():
+        if not members:
+            raise MrRobustError(f"arm {name!r} names no run; pass --arm {name}=RUN,RUN,...")
+        explicit[name] = []
+        for member in members:
+            path = Path(member).resolve()
+            if positional and path not in given:
+                raise MrRobustError(f"arm {name!r} names run {member}, which is not among the RUN "
+                                    f"folders given; add it or fix the --arm")
+            if not path.is_dir():
+                raise MrRobustError(f"arm {name!r} names run {member}, which does not exist; "
+                                    f"train it or fix the --arm")
+            if path in seen:
+                where = "twice" if seen[path] == name else f"and so does arm {seen[path]!r}"
+                raise MrRobustError(f"arm {name!r} names run {member} {where}; a run belongs to "
+                                    f"one arm, once")
+            seen[path] = name
+            explicit[name].append(member)
+    loose = [str(run) for path, run in given.items() if path not in seen]
+    if loose:
+        raise MrRobustError(f"RUN {loose[0]} is in no --arm; name it in an arm or leave it out")
+    return [member for members in explicit.values() for member in members], explicit

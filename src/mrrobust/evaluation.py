@@ -1,35 +1,39 @@
 """Evaluate RUNs over the artifact grid of a STORE split and write a RESULTS folder.
 
 `evaluate(runs, store, out, ...)` predicts every cell of the grid: the clean split
-(artifact "clean", severity 0) and every (artifact, severity), for every RUN, in bn_mode
-"eval" (the trained network as it is) and "adapt" (AdaBN: `analysis.adapt_batch_norm` on
-that cell's corrupted split, then predict; runs with batch norm only).
+(artifact "clean", severity 0) and every (artifact, severity), for every RUN, in each bn_mode:
+"eval" (the trained network as it is) and, for runs with batch norm, the test-time adaptations
+of `mrrobust.adaptation`: "adapt" (AdaBN on that cell's corrupted split), "prior" (BN-adapt with
+a prior, Schneider et al. 2020) and "tent" (Wang et al. 2021, episodic per cell). The RUNs are
+grouped into arms (`mrrobust.arms`), and `mrrobust.arm_statistics` turns the predictions into
+per-run, per-arm and arm-vs-arm tables with a two-level bootstrap (docs/API.md, RESULTS).
 
 RESULTS folder:
   evaluation.json      the settings (written first; another evaluate with other settings
-                       into this folder is refused, the same settings resume). Each RUN is
-                       recorded with a digest of its weights, so a RUN retrained since is
-                       refused too. batch_size, device and precision are recorded but may
-                       change on a resume (e.g. a smaller batch after running out of GPU
-                       memory); adapt predictions depend slightly on the batch composition.
+                       into this folder is refused, the same settings resume), rewritten at the
+                       end with what the report needs (statistics, provenance, sizes,
+                       thresholds, environment). Each RUN is recorded with a digest of its
+                       weights, so a RUN retrained since is refused too.
   slices.csv           the evaluated split: slice_id, volume, slice, labels; the row order
-                       of every prediction file
+                       of every prediction file (threshold_slices.csv: the validation split)
   predictions/<run>/<bn_mode>/<artifact>-<severity>.npy
                        float32 (N, 4) positive probabilities (LABELS order); one file per
-                       cell, written atomically: the unit of resume
+                       cell, written atomically: the unit of resume (threshold_predictions/:
+                       the validation split, for --threshold-from corrupted-val)
   predictions/<run>/eval/<artifact>-<severity>.bn.json
                        batch-norm runs: `analysis.BNRecorder` rows of that prediction pass
-                       (written before the .npy, so a finished cell has both)
-  results.csv          run, norm, seed, bn_mode, artifact, severity, label, metric, value,
-                       ci_low, ci_high (long form; label includes "mean")
-  comparisons.csv      run_a, run_b, bn_mode_a, bn_mode_b, artifact, severity, label, metric,
-                       difference (b - a), ci_low, ci_high, p_value
+  results.csv          per run: run, norm, seed, bn_mode, artifact, severity, label, metric,
+                       value, ci_low, ci_high (volume bootstrap of that run alone)
+  thresholds.csv       run, bn_mode, artifact, severity, label, threshold, rule
+  arms.csv             arm, bn_mode, artifact, severity, label, metric, value, ci_low,
+                       ci_high, runs (two-level bootstrap)
+  arm_comparisons.csv  arm_a, arm_b, bn_mode_a, bn_mode_b, artifact, severity, label, metric,
+                       difference (b - a), ci_low, ci_high, p_value, p_holm, q_bh
   bn_shift.csv         run, artifact, severity, layer, depth, channels, mean_shift,
                        var_log_ratio (batch-norm runs, eval mode)
 
-The three tables are recomputed from the prediction files at the end of every evaluate, so
-a resumed evaluation writes the same bytes as an uninterrupted one. An undefined number
-(AUC of a one-class label, no bootstrap) is an empty cell.
+The tables are recomputed from the prediction files at the end of every evaluate, so a resumed
+evaluation writes the same tables as an uninterrupted one. An undefined number is an empty cell.
 
 Inputs are built as in training: the complex image divided by the STORE scale, corrupted
 on the device (`artifacts.corrupt`, the slice's seed `slice_seed(slice_id, seed)`, so every
@@ -59,26 +63,36 @@ from mrrobust.errors import MrRobustError
 log = logging.getLogger("mrrobust.evaluation")
 
 RESULTS_FORMAT = "mrrobust-results"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 SETTINGS_FILE = "evaluation.json"
 SLICES_FILE = "slices.csv"
+THRESHOLD_SLICES_FILE = "threshold_slices.csv"
 PREDICTIONS = "predictions"
+THRESHOLD_PREDICTIONS = "threshold_predictions"
 RESULTS_FILE = "results.csv"
-COMPARISONS_FILE = "comparisons.csv"
+THRESHOLDS_FILE = "thresholds.csv"
+ARMS_FILE = "arms.csv"
+ARM_COMPARISONS_FILE = "arm_comparisons.csv"
 BN_SHIFT_FILE = "bn_shift.csv"
 BN_SUFFIX = ".bn.json"
 CLEAN = "clean"
-BN_MODES = ("eval", "adapt")
+THRESHOLD_FROM = ("clean-val", "corrupted-val")
+THRESHOLD_SPLIT = "val"
+DEFAULT_BOOTSTRAP = 2000  # smallest p 1/2000 = 0.0005: the primary endpoint can reach p < 0.001
+SEED_ONLY_REPLICATES = 2000  # --bootstrap 0: replicates that resample the seeds alone
+FEW_POSITIVE_VOLUMES = 10  # a label with fewer positive test volumes is flagged
+SUMMARY_KEYS = ("statistics", "provenance", "sizes", "thresholds", "environment")
 RUN_FILES = ("config.json", "model.safetensors", "operating_points.json")
 SLICE_COLUMNS = ("slice_id", "volume", "slice", *LABELS)
 RESULT_COLUMNS = ("run", "norm", "seed", "bn_mode", "artifact", "severity", "label", "metric",
                   "value", "ci_low", "ci_high")
-COMPARISON_COLUMNS = ("run_a", "run_b", "bn_mode_a", "bn_mode_b", "artifact", "severity",
-                      "label", "metric", "difference", "ci_low", "ci_high", "p_value")
+THRESHOLD_COLUMNS = ("run", "bn_mode", "artifact", "severity", "label", "threshold", "rule")
 BN_SHIFT_COLUMNS = ("run", "artifact", "severity", "layer", "depth", "channels", "mean_shift",
                     "var_log_ratio")
 # evaluation.json entries that do not change the numbers enough to refuse a resume
+# (batch_size matters to prior and tent, whose statistics are per batch: compared then)
 UNCOMPARED = ("batch_size", "device")  # precision is compared: one table never mixes bf16 and fp32
+BATCH_MODES = ("prior", "tent")
 
 
 # ---- settings ------------------------------------------------------------------------------
@@ -96,6 +110,8 @@ class Run:
     thresholds: np.ndarray  # (4,) float64, NaN where the operating point is undefined
     weights_digest: str
     trained_on: dict  # the config's store section (scale, crop, ...)
+    config: dict = field(default_factory=dict, repr=False)
+    curve: dict = field(default_factory=dict)
     batch_norm: bool = False
     modes: tuple = ()
     model: torch.nn.Module | None = field(default=None, repr=False)
@@ -104,7 +120,33 @@ class Run:
     def record(self) -> dict:
         return {"name": self.name, "given": self.given, "path": str(self.path),
                 "norm": self.norm, "seed": self.seed, "batch_norm": self.batch_norm,
-                "weights": self.weights_digest}
+                "bn_modes": list(self.modes), "weights": self.weights_digest,
+                "model": self.config.get("model", {}), "training": self.config.get("training", {}),
+                "curve": self.curve}
+
+
+def training_curve(run: Path) -> dict:
+    """The RUN's metrics.csv in brief: `{epochs, best_epoch (0-based), best_val_auc,
+    first_val_auc, peaked_early}`; `peaked_early` when the run has >= 4 epochs and its best
+    (the saved weights) lies in the first quarter of them (epoch 0 always counts). None values
+    when metrics.csv is missing or holds no validation AUC."""
+    from mrrobust.training import METRICS_FILE, MONITOR
+
+    curve = dict.fromkeys(("epochs", "best_epoch", "best_val_auc", "first_val_auc"))
+    curve["peaked_early"] = None
+    try:
+        with (run / METRICS_FILE).open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get(MONITOR)]
+    except OSError:
+        return curve
+    if not rows:
+        return curve
+    values = [float(r[MONITOR]) for r in rows]
+    best = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+    curve.update(epochs=len(rows), best_epoch=int(rows[best]["epoch"]), best_val_auc=values[best],
+                 first_val_auc=values[0],
+                 peaked_early=bool(len(rows) >= 4 and best < max(1.0, len(rows) / 4)))
+    return curve
 
 
 def _file_digest(path: Path) -> str:
@@ -130,9 +172,9 @@ def _read_runs(runs) -> list[Run]:
     """Check the RUN folders (exist, complete, unique names) and read what the tables need."""
     from mrrobust.models import read_config
 
-    if isinstance(runs, (str, Path)) or not list(runs):
-        raise MrRobustError("evaluate needs a list of one or more RUN folders (`mrrobust train` "
-                            "output); pass at least one --run")
+    if runs is None or isinstance(runs, (str, Path)) or not list(runs):
+        raise MrRobustError("evaluate needs one or more RUN folders (`mrrobust train` output); "
+                            "pass them as arguments or as --arm NAME=RUN,RUN,...")
     found = []
     for given in runs:
         path = Path(given).resolve()
@@ -149,7 +191,8 @@ def _read_runs(runs) -> list[Run]:
                          seed=int(config.get("training", {}).get("seed", 0)),
                          thresholds=_thresholds(path / "operating_points.json"),
                          weights_digest=_file_digest(path / "model.safetensors"),
-                         trained_on=dict(config.get("store", {}))))
+                         trained_on=dict(config.get("store", {})), config=config,
+                         curve=training_curve(path)))
     names = [run.name for run in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -184,20 +227,45 @@ def grid_cells(artifacts: list[str], severities: list[int]) -> list[tuple[str, i
 
 
 def _check_modes(bn_modes) -> list[str]:
-    modes = [bn_modes] if isinstance(bn_modes, str) else list(dict.fromkeys(bn_modes))
+    from mrrobust.adaptation import BN_MODES
+
+    modes = [bn_modes] if isinstance(bn_modes, str) else list(dict.fromkeys(bn_modes or ()))
     unknown = [m for m in modes if m not in BN_MODES]
-    if not modes or unknown or "eval" not in modes:
-        raise MrRobustError(f"bn_modes {modes} must be eval, or eval and adapt (adapt is "
-                            f"compared with eval, and runs without batch norm have only eval)")
+    if unknown:
+        raise MrRobustError(f"unknown bn mode {', '.join(map(repr, unknown))}; choose among "
+                            f"{', '.join(BN_MODES)} (e.g. --bn-modes eval,adapt)")
+    if "eval" not in modes:
+        raise MrRobustError(f"bn_modes {modes} must include eval (every adaptation is compared "
+                            f"with eval, and runs without batch norm have only eval)")
     return [m for m in BN_MODES if m in modes]
 
 
+def _check_threshold_from(threshold_from: str) -> str:
+    if threshold_from not in THRESHOLD_FROM:
+        raise MrRobustError(f"unknown --threshold-from {threshold_from!r}; choose clean-val (the "
+                            f"RUN's operating points) or corrupted-val (re-chosen per cell on the "
+                            f"validation split corrupted like it)")
+    return threshold_from
+
+
+def _check_prior(bn_prior: float) -> float:
+    if isinstance(bn_prior, bool) or not isinstance(bn_prior, (int, float)) or not bn_prior >= 0 \
+            or not math.isfinite(bn_prior):
+        raise MrRobustError(f"--bn-prior {bn_prior!r} must be a finite number >= 0 (the weight N "
+                            f"of the trained statistics against a test batch of n: N / (N + n))")
+    return float(bn_prior)
+
+
 def check_settings(*, suite: str = "mrrobust", artifacts=None, severities=(1, 2, 3, 4, 5),
-                   bn_modes=("eval", "adapt"), batch_size: int = 64, device: str = "auto",
-                   seed: int = 0, bootstrap: int = 1000, level: float = 0.95, **_) -> None:
+                   bn_modes=("eval", "adapt", "prior", "tent"), batch_size: int = 64,
+                   device: str = "auto", seed: int = 0, bootstrap: int = DEFAULT_BOOTSTRAP,
+                   level: float = 0.95, threshold_from: str = "clean-val", bn_prior: float = 16.0,
+                   **_) -> None:
     """Refuse bad `evaluate` settings before any work (`benchmark` calls it before training)."""
     _grid_axes(suite, artifacts, severities)
     _check_modes(bn_modes)
+    _check_threshold_from(threshold_from)
+    _check_prior(bn_prior)
     _check_numbers(batch_size, seed, bootstrap, level)
     resolve_device(device)
 
@@ -239,8 +307,10 @@ def _split_dataset(store: Path, split: str):
 
 
 def _compared(settings: dict) -> dict:
-    """The settings a resume must match: everything but the paths as given and UNCOMPARED."""
-    same = {k: v for k, v in settings.items() if k not in UNCOMPARED}
+    """The settings a resume must match: everything but the paths as given, UNCOMPARED (batch
+    size only without prior and tent) and the summary written at the end."""
+    loose = UNCOMPARED if not set(BATCH_MODES) & set(settings.get("bn_modes", ())) else ("device",)
+    same = {k: v for k, v in settings.items() if k not in loose and k not in SUMMARY_KEYS}
     same["runs"] = [{k: v for k, v in run.items() if k != "given"} for run in settings["runs"]]
     return same
 
@@ -285,11 +355,12 @@ def _slices_csv(dataset) -> bytes:
     return _csv_bytes(SLICE_COLUMNS, rows)
 
 
-def _write_slices(out: Path, dataset) -> None:
-    """slices.csv; refused when a resumed folder's differs (the STORE's split changed)."""
+def _write_slices(out: Path, dataset, name: str = SLICES_FILE) -> None:
+    """slices.csv (or threshold_slices.csv); refused when a resumed folder's differs (the
+    STORE's split changed)."""
     from mrrobust.data.store import write_bytes_atomic
 
-    path, data = out / SLICES_FILE, _slices_csv(dataset)
+    path, data = out / name, _slices_csv(dataset)
     if path.is_file() and path.read_bytes() != data:
         raise MrRobustError(f"{path} differs from the split of the STORE now (it was prepared "
                             f"again?); evaluate into another --out")
@@ -304,9 +375,11 @@ def _cell_name(artifact: str, severity: int) -> str:
     return f"{artifact}-{severity}"
 
 
-def prediction_path(out: Path, run: str, bn_mode: str, artifact: str, severity: int) -> Path:
-    """`out/predictions/<run>/<bn_mode>/<artifact>-<severity>.npy`."""
-    return Path(out) / PREDICTIONS / run / bn_mode / f"{_cell_name(artifact, severity)}.npy"
+def prediction_path(out: Path, run: str, bn_mode: str, artifact: str, severity: int,
+                    root: str = PREDICTIONS) -> Path:
+    """`out/<root>/<run>/<bn_mode>/<artifact>-<severity>.npy` (root: predictions, or
+    threshold_predictions for the validation split)."""
+    return Path(out) / root / run / bn_mode / f"{_cell_name(artifact, severity)}.npy"
 
 
 def _bn_path(prediction: Path) -> Path:
@@ -369,7 +442,8 @@ def _warn_other_store(runs: list[Run], store: Path, manifest: dict) -> None:
 
 
 def _load_models(runs: list[Run], where: Device, modes: list[str]) -> None:
-    """Load each RUN's network once onto the device and choose its bn_modes."""
+    """Load each RUN's network once onto the device and choose its bn_modes (eval only
+    without batch norm)."""
     from mrrobust.analysis import has_batch_norm
     from mrrobust.models import load
 
@@ -417,25 +491,31 @@ def _predict(model: torch.nn.Module, inputs: list[torch.Tensor], run: Run,
 
 
 def _predict_cell(run: Run, mode: str, inputs: list[torch.Tensor], where: Device,
-                  target: Path) -> None:
-    """Predict one cell and write its files: eval mode records the batch-norm statistics;
-    adapt mode re-estimates them on `inputs` first (AdaBN)."""
+                  target: Path, record_bn: bool, bn_prior: float) -> None:
+    """Predict one cell in `mode` and write its files; eval mode records the batch-norm
+    statistics when `record_bn` (the evaluated split)."""
+    from mrrobust.adaptation import prior_batch_norm, tent_predict
     from mrrobust.analysis import BNRecorder, adapt_batch_norm
     from mrrobust.data.store import save_npy_atomic, write_json_atomic
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "adapt":
-        with where.autocast():
-            model = adapt_batch_norm(run.model, (x.contiguous(memory_format=run.memory_format)
-                                                 for x in inputs))
-        save_npy_atomic(target, _finite(_predict(model, inputs, run, where), target))
-        return
-    recorder = BNRecorder(run.model)
-    with recorder:
-        predictions = _finite(_predict(run.model, inputs, run, where), target)
-    if run.batch_norm:
-        write_json_atomic(_bn_path(target), {"rows": recorder.rows()})
-    save_npy_atomic(target, predictions)
+    batches = [x.contiguous(memory_format=run.memory_format) for x in inputs]
+    if mode == "tent":
+        predictions = tent_predict(run.model, batches, autocast=where.autocast)
+    elif mode in ("adapt", "prior"):
+        if mode == "adapt":
+            with where.autocast():
+                model = adapt_batch_norm(run.model, iter(batches))
+        else:
+            model = prior_batch_norm(run.model, bn_prior)
+        predictions = _predict(model, inputs, run, where)
+    else:
+        recorder = BNRecorder(run.model)
+        with recorder:
+            predictions = _predict(run.model, inputs, run, where)
+        if run.batch_norm and record_bn:
+            write_json_atomic(_bn_path(target), {"rows": recorder.rows()})
+    save_npy_atomic(target, _finite(predictions, target))
 
 
 def _finite(predictions: np.ndarray, target: Path) -> np.ndarray:
@@ -448,27 +528,30 @@ def _finite(predictions: np.ndarray, target: Path) -> np.ndarray:
 
 
 def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], dataset, suite: str,
-                  batch_size: int, seed: int, where: Device, progress: bool) -> tuple[int, int]:
-    """Predict every unfinished (run, bn_mode, cell); returns (computed, reused) file counts."""
+                  batch_size: int, seed: int, where: Device, progress: bool, bn_prior: float,
+                  root: str = PREDICTIONS) -> tuple[int, int]:
+    """Predict every unfinished (run, bn_mode, cell) of `dataset` into `out/<root>`; returns
+    (computed, reused) file counts."""
     from mrrobust.data.store import remove_temp_files
+    from mrrobust.progress import progress_bar
 
+    record_bn = root == PREDICTIONS
     for run in runs:
         for mode in run.modes:
-            folder = out / PREDICTIONS / run.name / mode
+            folder = out / root / run.name / mode
             if folder.is_dir():
                 remove_temp_files(folder)  # what a killed evaluate left
     size, clean, computed, reused = len(dataset), None, 0, 0
-    from mrrobust.progress import progress_bar
-
     with progress_bar(progress) as bar:
-        task = bar.add_task("evaluate", total=len(grid))
+        task = bar.add_task("evaluate" if record_bn else "thresholds", total=len(grid))
         for artifact, severity in grid:
             bar.update(task, description=f"{_cell_name(artifact, severity):<18}")
             pending = []
             for run in runs:
                 for mode in run.modes:
-                    target = prediction_path(out, run.name, mode, artifact, severity)
-                    if _finished(target, size, with_bn=run.batch_norm and mode == "eval"):
+                    target = prediction_path(out, run.name, mode, artifact, severity, root)
+                    with_bn = record_bn and run.batch_norm and mode == "eval"
+                    if _finished(target, size, with_bn=with_bn):
                         reused += 1
                     else:
                         pending.append((run, mode, target))
@@ -479,7 +562,7 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
                     inputs = [model_inputs(images, seeds, artifact, severity, suite)
                               for images, seeds in clean]
                 for run, mode, target in pending:
-                    _predict_cell(run, mode, inputs, where, target)
+                    _predict_cell(run, mode, inputs, where, target, record_bn, bn_prior)
                 computed += len(pending)
                 del inputs
             bar.advance(task)
@@ -507,33 +590,91 @@ def _csv_bytes(columns: tuple, rows: list[dict]) -> bytes:
     return text.getvalue().encode()
 
 
-def _write_tables(out: Path, runs: list[Run], grid: list[tuple[str, int]], dataset, seed: int,
-                  bootstrap: int, level: float) -> None:
-    """results.csv, comparisons.csv and bn_shift.csv from the prediction files."""
-    from mrrobust.data.store import read_json, write_bytes_atomic
-    from mrrobust.metrics import cell_metrics, cluster_weights, paired_difference
-
-    targets = dataset.targets.astype(np.float64)
-    volumes = np.array([row["volume"] for row in dataset.rows])
-    weights = cluster_weights(volumes, bootstrap, seed) if bootstrap else None
-
-    def scores(run: Run, mode: str, artifact: str, severity: int) -> np.ndarray:
-        path = prediction_path(out, run.name, mode, artifact, severity)
+def _load_scores(out: Path, root: str = PREDICTIONS):
+    """`scores(run, mode, artifact, severity) -> float64 (N, 4)` reading the prediction files."""
+    def scores(run: str, mode: str, artifact: str, severity: int) -> np.ndarray:
+        path = prediction_path(out, run, mode, artifact, severity, root)
         values = np.load(path, allow_pickle=False).astype(np.float64)
         if not np.isfinite(values).all():
             raise MrRobustError(f"{path}: non-finite predictions (the network gives NaN or inf "
                                 f"on these inputs); check the RUN, or evaluate with --device cpu")
         return values
+    return scores
 
-    results, comparisons, shifts = [], [], []
+
+def _operating_points(out: Path, runs: list[Run], grid, threshold_from: str,
+                      threshold_targets) -> tuple[dict, list[dict]]:
+    """Thresholds `{(run, mode, artifact, severity): (4,)}` and thresholds.csv rows: the RUN's
+    own (clean validation) operating points, or the study's rule on the validation split
+    corrupted like the cell (in the same bn_mode)."""
+    from mrrobust.metrics import operating_point
+
+    clean_rules = {}
+    for run in runs:
+        try:
+            labels = json.loads((run.path / "operating_points.json").read_text())["labels"]
+            clean_rules[run.name] = [str(labels[label].get("rule", "")) for label in LABELS]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            clean_rules[run.name] = [""] * len(LABELS)
+    scores = _load_scores(out, THRESHOLD_PREDICTIONS)
+    thresholds, rows = {}, []
     for run in runs:
         for mode in run.modes:
             for artifact, severity in grid:
-                key = {"run": run.name, "norm": run.norm, "seed": run.seed, "bn_mode": mode,
-                       "artifact": artifact, "severity": severity}
-                results += [{**key, **row} for row in cell_metrics(
-                    targets, scores(run, mode, artifact, severity), run.thresholds, weights,
-                    level=level)]
+                if threshold_from == "clean-val":
+                    values, rules = run.thresholds, clean_rules[run.name]
+                else:
+                    val = scores(run.name, mode, artifact, severity)
+                    points = [operating_point(threshold_targets[:, k], val[:, k])
+                              for k in range(len(LABELS))]
+                    values = np.array([point["threshold"] for point in points], np.float64)
+                    rules = [point["rule"] for point in points]
+                thresholds[(run.name, mode, artifact, severity)] = values
+                rows += [{"run": run.name, "bn_mode": mode, "artifact": artifact,
+                          "severity": severity, "label": label, "threshold": float(values[k]),
+                          "rule": rules[k]} for k, label in enumerate(LABELS)]
+    return thresholds, rows
+
+
+def _fallbacks(rows: list[dict], threshold_from: str) -> list[dict]:
+    """Where the study's fallback rule (FPR > 0.25) chose the threshold; clean-val: once per run
+    and label (bn_mode, artifact and severity "all": the same threshold everywhere)."""
+    found = [row for row in rows if "fallback" in row["rule"]]
+    if threshold_from == "clean-val":
+        unique = {(row["run"], row["label"]) for row in found}
+        return [{"run": run, "bn_mode": "all", "artifact": "all", "severity": "all", "label": label}
+                for run, label in sorted(unique)]
+    return [{k: row[k] for k in ("run", "bn_mode", "artifact", "severity", "label")} for row in found]
+
+
+def _write_tables(out: Path, runs: list[Run], arms: list, reference: str | None, grid, dataset,
+                  seed: int, bootstrap: int, level: float, thresholds: dict) -> dict:
+    """results.csv, arms.csv, arm_comparisons.csv and bn_shift.csv from the prediction files;
+    returns the statistics summary for evaluation.json."""
+    from mrrobust.arm_statistics import (ARM_COLUMNS, COMPARISON_COLUMNS, ArmRuns, ArmStatistics)
+    from mrrobust.data.store import read_json, write_bytes_atomic
+
+    by_name = {run.name: run for run in runs}
+    arm_runs = [ArmRuns(arm.name, list(arm.runs),
+                        [m for m in by_name[arm.runs[0]].modes
+                         if all(m in by_name[r].modes for r in arm.runs)]) for arm in arms]
+    artifacts = list(dict.fromkeys(a for a, s in grid if a != CLEAN))
+    severities = list(dict.fromkeys(s for a, s in grid if a != CLEAN))
+    statistics = ArmStatistics(
+        dataset.targets, np.array([row["volume"] for row in dataset.rows]), arm_runs,
+        {run.name: (run.norm, run.seed) for run in runs}, reference=reference,
+        replicates=bootstrap or SEED_ONLY_REPLICATES, resample_volumes=bootstrap > 0, seed=seed,
+        level=level)
+    statistics.compute(artifacts, severities, _load_scores(out),
+                       lambda run, mode, artifact, severity: thresholds[(run, mode, artifact, severity)])
+    order = {(run.name, mode): i for i, (run, mode) in
+             enumerate((run, mode) for run in runs for mode in run.modes)}
+    cells = {cell: i for i, cell in enumerate(grid)}
+    results = sorted(statistics.run_rows, key=lambda row: (
+        order[(row["run"], row["bn_mode"])], cells[(row["artifact"], row["severity"])]))
+
+    shifts = []
+    for run in runs:
         if run.batch_norm and "eval" in run.modes:
             for artifact, severity in grid:
                 path = _bn_path(prediction_path(out, run.name, "eval", artifact, severity))
@@ -544,72 +685,130 @@ def _write_tables(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
                 shifts += [{"run": run.name, "artifact": artifact, "severity": severity, **row}
                            for row in record["rows"]]
 
-    pairs = [((a, "eval"), (b, "eval")) for a, b in combinations(runs, 2)
-             if a.seed == b.seed and "eval" in a.modes and "eval" in b.modes]
-    pairs += [((run, "eval"), (run, "adapt")) for run in runs
-              if {"eval", "adapt"} <= set(run.modes)]
-    for (run_a, mode_a), (run_b, mode_b) in pairs:
-        for artifact, severity in grid:
-            key = {"run_a": run_a.name, "run_b": run_b.name, "bn_mode_a": mode_a,
-                   "bn_mode_b": mode_b, "artifact": artifact, "severity": severity}
-            comparisons += [{**key, **row} for row in _paired(
-                targets, scores(run_a, mode_a, artifact, severity),
-                scores(run_b, mode_b, artifact, severity), weights, level, paired_difference)]
-
     write_bytes_atomic(out / RESULTS_FILE, _csv_bytes(RESULT_COLUMNS, results))
-    write_bytes_atomic(out / COMPARISONS_FILE, _csv_bytes(COMPARISON_COLUMNS, comparisons))
+    write_bytes_atomic(out / ARMS_FILE, _csv_bytes(ARM_COLUMNS, statistics.arm_rows))
+    write_bytes_atomic(out / ARM_COMPARISONS_FILE,
+                       _csv_bytes(COMPARISON_COLUMNS, statistics.comparison_rows))
     write_bytes_atomic(out / BN_SHIFT_FILE, _csv_bytes(BN_SHIFT_COLUMNS, shifts))
-
-
-def _paired(targets, scores_a, scores_b, weights, level, paired_difference) -> list[dict]:
-    """`metrics.paired_difference` rows; without bootstrap weights the AUC difference alone
-    (b - a) with empty CI and p-value."""
-    if weights is not None:
-        return paired_difference(targets, scores_a, scores_b, weights, level=level)
-    from mrrobust.metrics import cell_metrics
-
-    no_threshold = np.full(len(LABELS), math.nan)
-    a, b = (cell_metrics(targets, s, no_threshold, None, level=level)
-            for s in (scores_a, scores_b))
-    return [{"label": ra["label"], "metric": "auc", "difference": rb["value"] - ra["value"],
-             "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan}
-            for ra, rb in zip(a, b) if ra["metric"] == "auc"]
+    return statistics.statistics
 
 
 # ---- the entry point -----------------------------------------------------------------------
 
 
-def evaluate(runs: list[Path], store: Path, out: Path, *, suite: str = "mrrobust",
-             artifacts=None, severities=(1, 2, 3, 4, 5), split: str = "test",
-             bn_modes=("eval", "adapt"), batch_size: int = 64, device: str = "auto",
-             seed: int = 0, bootstrap: int = 1000, level: float = 0.95,
+def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
+             reference_arm: str | None = None, suite: str = "mrrobust", artifacts=None,
+             severities=(1, 2, 3, 4, 5), split: str = "test",
+             bn_modes=("eval", "adapt", "prior", "tent"), bn_prior: float = 16.0,
+             threshold_from: str = "clean-val", batch_size: int = 64, device: str = "auto",
+             seed: int = 0, bootstrap: int = DEFAULT_BOOTSTRAP, level: float = 0.95,
              progress: bool = True) -> dict:
     """Predict every RUN on every cell of the grid over `store`'s `split` and write the
-    RESULTS folder `out` (module docstring); resumes an interrupted evaluation.
+    RESULTS folder `out` (module docstring; docs/API.md, RESULTS); resumes an interrupted
+    evaluation.
 
-    `artifacts` None = every artifact of `suite`; `bootstrap` resamples of volumes for the
-    CIs (0: none); `seed` seeds the artifacts (per slice) and the bootstrap. Returns
-    `{"out", "cells", "computed", "reused"}`, counting prediction files (one per run,
-    bn_mode, artifact and severity)."""
+    `arms` {name: [RUN folders]} names the arms (then `runs` may be empty); without it the RUNs
+    are grouped by their configuration minus the seed (`arms.group_arms`). `reference_arm`
+    (default: the batch arm, if any) is what every arm is compared with. `artifacts` None =
+    every artifact of `suite`; `bootstrap` replicates of the two-level bootstrap (0: volumes not
+    resampled, seeds alone); `seed` seeds the artifacts (per slice) and the bootstrap. Returns
+    `{"out", "cells", "computed", "reused", "arms"}`, counting prediction files of the
+    evaluated split."""
+    import time
+
+    from mrrobust.arms import resolve_arms
+    from mrrobust.provenance import environment, provenance, sizes
+
+    started = time.perf_counter()
     store, out = Path(store), Path(out)
-    runs = _read_runs(runs)
+    run_paths, explicit = resolve_arms(runs, arms)
+    runs = _read_runs(run_paths)
     names, levels = _grid_axes(suite, artifacts, severities)
     grid = grid_cells(names, levels)
     modes = _check_modes(bn_modes)
+    threshold_from = _check_threshold_from(threshold_from)
+    bn_prior = _check_prior(bn_prior)
     _check_numbers(batch_size, seed, bootstrap, level)
+    arm_list, reference = _arms_of(runs, run_paths, explicit, reference_arm, bootstrap)
     where = Device.make(device)
     dataset = _split_dataset(store, split)
+    threshold_set = _split_dataset(store, THRESHOLD_SPLIT) if threshold_from == "corrupted-val" else None
     _warn_other_store(runs, store, dataset.manifest)
     _load_models(runs, where, modes)
+    from mrrobust.adaptation import TENT_LR, TENT_STEPS
+
     settings = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
-                "runs": [run.record() for run in runs], "store": str(store.resolve()),
+                "runs": [run.record() for run in runs],
+                "arms": [_arm_record(arm, {run.name: run for run in runs}) for arm in arm_list],
+                "reference_arm": reference, "store": str(store.resolve()),
                 "split": split, "suite": suite, "artifacts": names, "severities": levels,
-                "bn_modes": modes, "seed": int(seed), "bootstrap": int(bootstrap),
-                "level": float(level), "batch_size": int(batch_size), "device": str(where.device),
+                "bn_modes": modes, "bn_prior": bn_prior,
+                "tent": {"lr": TENT_LR, "steps": TENT_STEPS}, "threshold_from": threshold_from,
+                "seed": int(seed), "bootstrap": int(bootstrap), "level": float(level),
+                "batch_size": int(batch_size), "device": str(where.device),
                 "precision": where.precision}
     _claim(out, settings)
     _write_slices(out, dataset)
     computed, reused = _predict_grid(out, runs, grid, dataset, suite, batch_size, seed, where,
-                                     progress)
-    _write_tables(out, runs, grid, dataset, seed, bootstrap, level)
-    return {"out": out, "cells": computed + reused, "computed": computed, "reused": reused}
+                                     progress, bn_prior)
+    if threshold_set is not None:
+        _write_slices(out, threshold_set, THRESHOLD_SLICES_FILE)
+        _predict_grid(out, runs, grid, threshold_set, suite, batch_size, seed, where, progress,
+                      bn_prior, THRESHOLD_PREDICTIONS)
+    thresholds, threshold_rows = _operating_points(
+        out, runs, grid, threshold_from,
+        None if threshold_set is None else threshold_set.targets)
+    from mrrobust.data.store import write_bytes_atomic, write_json_atomic
+
+    write_bytes_atomic(out / THRESHOLDS_FILE, _csv_bytes(THRESHOLD_COLUMNS, threshold_rows))
+    statistics = _write_tables(out, runs, arm_list, reference, grid, dataset, seed, bootstrap,
+                               level, thresholds)
+    summary = {"statistics": statistics, "provenance": provenance(store, dataset.manifest),
+               "sizes": sizes(store, split, FEW_POSITIVE_VOLUMES),
+               "thresholds": {"rule": threshold_from,
+                              "fallback": _fallbacks(threshold_rows, threshold_from)},
+               "environment": environment(where, time.perf_counter() - started)}
+    write_json_atomic(out / SETTINGS_FILE, {**settings, **summary})
+    return {"out": out, "cells": computed + reused, "computed": computed, "reused": reused,
+            "arms": {arm.name: list(arm.runs) for arm in arm_list}}
+
+
+def _arms_of(runs: list[Run], run_paths: list[Path], explicit: dict | None, reference_arm,
+             bootstrap: int) -> tuple[list, str | None]:
+    """The arms (explicit, or grouped by configuration) and the reference arm, checked."""
+    from mrrobust.arms import Arm, default_reference, group_arms
+
+    name_of = {path: run.name for path, run in zip(run_paths, runs)}
+    if explicit:
+        arms = [Arm(name, [name_of[path] for path in paths],
+                    configuration={}, explicit=True) for name, paths in explicit.items()]
+    else:
+        arms = group_arms({run.name: run.config for run in runs})
+    norms = {arm.name: next(r.norm for r in runs if r.name == arm.runs[0]) for arm in arms}
+    names = [arm.name for arm in arms]
+    if reference_arm is None:
+        reference = default_reference(arms, norms)
+    elif reference_arm not in names:
+        raise MrRobustError(f"--reference-arm {reference_arm!r} is not an arm ({', '.join(names)}); "
+                            f"name one of them")
+    else:
+        reference = reference_arm
+    if bootstrap == 0 and all(len(arm.runs) == 1 for arm in arms):
+        raise MrRobustError("--bootstrap 0 with arms of one run each leaves nothing to resample "
+                            "(neither test volumes nor seeds): no interval or test is possible; "
+                            "pass --bootstrap 2000 or arms of several seeds")
+    return arms, reference
+
+
+def _arm_record(arm, by_name: dict) -> dict:
+    from mrrobust.arms import arm_configuration
+
+    members = [by_name[name] for name in arm.runs]
+    norms = sorted({run.norm for run in members})
+    return {"name": arm.name, "runs": list(arm.runs),
+            "norm": norms[0] if len(norms) == 1 else "+".join(norms),
+            "configuration": arm.configuration or arm_configuration(members[0].config),
+            "seeds": [run.seed for run in members],
+            "bn_modes": [m for m in members[0].modes if all(m in r.modes for r in members)],
+            "explicit": arm.explicit,
+            "training_variance": "measured" if len(members) > 1 else "unmeasured"}
