@@ -28,6 +28,7 @@ ARM_COLUMNS = ("arm", "bn_mode", "artifact", "severity", "label", "metric", "val
 ARM_COMPARISON_COLUMNS = ("arm_a", "arm_b", "bn_mode_a", "bn_mode_b", "artifact", "severity",
                           "label", "metric", "difference", "ci_low", "ci_high", "p_value",
                           "p_holm", "q_bh")
+COMPARISON_KEY = ARM_COMPARISON_COLUMNS[:8]  # arm_a .. metric
 BN_SHIFT_COLUMNS = ("run", "artifact", "severity", "layer", "depth", "channels", "mean_shift",
                     "var_log_ratio")
 CLEAN = "clean"
@@ -114,10 +115,12 @@ class Results:
     slices: list
     from_runs: bool = False
     _modes: dict = field(default_factory=dict, repr=False)
+    _compared: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         for arm, mode, *_ in self.arm_cells:
             self._modes.setdefault(arm, set()).add(mode)
+        self._compared = {tuple(row[c] for c in COMPARISON_KEY): row for row in self.comparisons}
 
     def modes_of(self, arm: str) -> list[str]:
         return _mode_order(self._modes.get(arm, ()))
@@ -148,17 +151,16 @@ class Results:
         return np.array(points, dtype=float).T
 
     def comparison(self, arm_a, arm_b, mode_a, mode_b, artifact, severity, label=MEAN, metric="auc") -> dict | None:
-        """The arm_comparisons row of b - a, oriented so (found either way round); None when absent."""
-        for row in self.comparisons:
-            key = (row["artifact"], row["severity"], row["label"], row["metric"])
-            if key != (artifact, severity, label, metric):
-                continue
-            if (row["arm_a"], row["arm_b"], row["bn_mode_a"], row["bn_mode_b"]) == (arm_a, arm_b, mode_a, mode_b):
-                return row
-            if (row["arm_a"], row["arm_b"], row["bn_mode_a"], row["bn_mode_b"]) == (arm_b, arm_a, mode_b, mode_a):
-                return dict(row, arm_a=arm_a, arm_b=arm_b, bn_mode_a=mode_a, bn_mode_b=mode_b,
-                            difference=-row["difference"], ci_low=-row["ci_high"], ci_high=-row["ci_low"])
-        return None
+        """The arm_comparisons row of b - a (found either way round: a row of a - b is returned
+        negated, its interval flipped; p-values are symmetric); None when absent."""
+        row = self._compared.get((arm_a, arm_b, mode_a, mode_b, artifact, severity, label, metric))
+        if row is not None:
+            return row
+        row = self._compared.get((arm_b, arm_a, mode_b, mode_a, artifact, severity, label, metric))
+        if row is None:
+            return None
+        return dict(row, arm_a=arm_a, arm_b=arm_b, bn_mode_a=mode_a, bn_mode_b=mode_b,
+                    difference=-row["difference"], ci_low=-row["ci_high"], ci_high=-row["ci_low"])
 
     def predictions(self, run: str, bn_mode: str, artifact: str, severity: int) -> np.ndarray | None:
         """The (N, 4) positive probabilities of one cell, None when the file is absent."""

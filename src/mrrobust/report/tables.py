@@ -68,10 +68,6 @@ def compared(row: dict | None) -> tuple:
     return (row["difference"], row["ci_low"], row["ci_high"]) if row else st.NAN3
 
 
-def model_label(res: Results, arm: str, mode: str) -> str:
-    return model_name(arm, mode)
-
-
 def models(res: Results) -> list[tuple[str, str]]:
     """(arm, bn_mode) pairs: every arm in eval mode, then each adaptation mode."""
     return [(arm, mode) for mode in res.bn_modes for arm in res.arms if mode in res.modes_of(arm)]
@@ -246,7 +242,7 @@ CLEAN_HEADER = ["mean AUC", *LABELS, "sensitivity", "specificity", "balanced acc
 
 
 def clean_section(res: Results) -> Section:
-    per_arm = [[model_label(res, arm, mode), str(len(res.arms[arm])),
+    per_arm = [[model_name(arm, mode), str(len(res.arms[arm])),
                 *_metric_cells(lambda m, lab, arm=arm, mode=mode: res.cell(arm, mode, CLEAN, 0, lab, m))]
                for arm, mode in models(res)]
     blocks = ["Per arm (its runs' seeds and the test volumes resampled together). AUC per label; sensitivity, "
@@ -276,11 +272,11 @@ def _pooled(res: Results, arm: str, mode: str, artifact: str, metric: str = "auc
 
 def robustness_section(res: Results, figure: Figure | None, flagged: dict) -> Section:
     ms = models(res)
-    names = [model_label(res, a, m) + (" (not learned)" if a in flagged else "") for a, m in ms]
+    names = [model_name(a, m) + (" (not learned)" if a in flagged else "") for a, m in ms]
     summary = [[a, *(ci(_pooled(res, arm, mode, a)) for arm, mode in ms)] for a in res.artifacts]
     summary.append(["**all artifacts**", *(ci(res.cell(arm, mode, ALL, ALL)) for arm, mode in ms)])
     retained = [[a, *(ci(st.retained(res, arm, mode, a, ALL)) for arm, mode in ms)] for a in res.artifacts]
-    full = [[a, model_label(res, arm, mode), *(ci(res.cell(arm, mode, art, s)) for art, s in
+    full = [[a, model_name(arm, mode), *(ci(res.cell(arm, mode, art, s)) for art, s in
                                                 [(CLEAN, 0), *((a, s) for s in res.severities)])]
             for a in res.artifacts for arm, mode in ms]
     blocks = [figure] if figure else []
@@ -309,7 +305,7 @@ def operating_section(res: Results) -> Section:
               f"operating point ({res.settings.get('threshold_from', 'clean-val')}). Cells whose operating point used "
               "the fallback rule (FPR > 0.25, no threshold reached sensitivity 0.9): " + _fallbacks(res) + "."]
     for metric in THRESHOLD_METRICS:
-        rows = [[a, model_label(res, arm, mode), *(ci(res.cell(arm, mode, art, s, MEAN, metric)) for art, s in
+        rows = [[a, model_name(arm, mode), *(ci(res.cell(arm, mode, art, s, MEAN, metric)) for art, s in
                                                    [(CLEAN, 0), *((a, s) for s in res.severities)])]
                 for a in res.artifacts for arm, mode in ms]
         blocks += [f"**{METRIC_NAMES[metric]}**", Table(["artifact", "arm", "clean", *map(str, res.severities)], rows)]
@@ -325,7 +321,7 @@ def _fallbacks(res: Results) -> str:
 
 
 def calibration_section(res: Results, figure: Figure | None) -> Section:
-    rows = [[a, model_label(res, arm, mode), *(ci(res.cell(arm, mode, art, s, MEAN, st.ECE)) for art, s in
+    rows = [[a, model_name(arm, mode), *(ci(res.cell(arm, mode, art, s, MEAN, st.ECE)) for art, s in
                                                [(CLEAN, 0), *((a, s) for s in res.severities)])]
             for a in res.artifacts for arm, mode in models(res)]
     blocks = ["Expected calibration error (mean label; lower is better) per cell."]
@@ -341,9 +337,9 @@ def calibration_section(res: Results, figure: Figure | None) -> Section:
 
 
 def ce_section(res: Results, errors: dict, reference: str, figure: Figure | None, note: str) -> Section:
-    rows = [[model_label(res, *m), *(ci(e["ce"][a]) for a in res.artifacts), ci(e["mce"]), ci(e["relative_mce"])]
+    rows = [[model_name(*m), *(ci(e["ce"][a]) for a in res.artifacts), ci(e["mce"]), ci(e["relative_mce"])]
             for m, e in errors.items()]
-    relative = [[model_label(res, *m), *(("undefined" if a in e["undefined"] else ci(e["relative_ce"][a]))
+    relative = [[model_name(*m), *(("undefined" if a in e["undefined"] else ci(e["relative_ce"][a]))
                                          + f" / {ci(e['degradation'][a])}" for a in res.artifacts)]
                 for m, e in errors.items()]
     undefined = next(iter(errors.values()))["undefined"] if errors else []
@@ -400,9 +396,9 @@ def adaptation_section(res: Results, figure: Figure | None) -> Section:
             continue
         for artifact in res.artifacts:
             g = st.adaptation_gain(res, arm, mode, artifact)
-            gain_rows.append([artifact, model_label(res, arm, mode), ci(g["total"], True), ci(g["clean"], True),
+            gain_rows.append([artifact, model_name(arm, mode), ci(g["total"], True), ci(g["clean"], True),
                               ci(g["specific"], True)])
-            recovery_rows.append([artifact, model_label(res, arm, mode), ci(st.recovery(res, arm, mode, artifact))])
+            recovery_rows.append([artifact, model_name(arm, mode), ci(st.recovery(res, arm, mode, artifact))])
     if not gain_rows:
         return Section("Test-time adaptation", ["No adaptation modes in this RESULTS folder (or no batch-norm arm): "
                                                 "n/a."])
