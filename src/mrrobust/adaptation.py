@@ -4,6 +4,7 @@
   by covariate shift adaptation"): each test batch of n samples is normalised with the mixture
   N/(N+n) * (the trained running statistics) + n/(N+n) * (the batch's own statistics), N the
   prior strength. N = 0 is pure test-batch statistics, N -> infinity the trained network.
+  Statistics are per evaluation batch, so the results depend on --batch-size (recorded).
 - TENT (Wang et al. 2021, "Tent: fully test-time adaptation by entropy minimization"): batch norm
   normalises with test-batch statistics and only its affine parameters (weight, bias) are
   trained, by minimising the entropy of the predictions; here the binary entropy of each label's
@@ -37,7 +38,8 @@ TENT_STEPS = 1
 class PriorBatchNorm(nn.Module):
     """A batch-norm layer that normalises each batch `(B, C, ...)` with
     w * running + (1 - w) * batch statistics per channel, w = prior / (prior + B), the batch
-    variance unbiased (torch's running-variance convention), then applies the affine map."""
+    variance over all B * H * W values without Bessel's correction (what batch norm normalises
+    with in training, so prior 0 is the train-mode forward), then applies the affine map."""
 
     def __init__(self, norm: _BatchNorm, prior: float):
         super().__init__()
@@ -46,7 +48,7 @@ class PriorBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
         dims = [0, *range(2, x.ndim)]
-        var, mean = torch.var_mean(x.float(), dim=dims, correction=1 if x.numel() > x.shape[1] else 0)
+        var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
         weight = self.prior / (self.prior + x.shape[0])
         mixed_mean = weight * norm.running_mean.float() + (1.0 - weight) * mean
         mixed_var = weight * norm.running_var.float() + (1.0 - weight) * var

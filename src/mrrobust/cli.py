@@ -154,9 +154,11 @@ _EVALUATION = dict(
     suite=("mrrobust", "Artifact suite: mrrobust (ours) or study (the released protocol)."),
     artifacts=(None, "Comma-separated artifacts (default: all of the suite)."),
     severities=("1,2,3,4,5", "Comma-separated severities 1..5."),
-    bn_modes=("eval,adapt", "eval (stored statistics) and/or adapt (AdaBN: statistics re-estimated on each corrupted set)."),
+    bn_modes=("eval,adapt,prior,tent", "Comma-separated: eval (stored statistics), adapt (AdaBN: statistics of each corrupted set), prior (BN-adapt, Schneider et al. 2020: N/(N+n) trained + n/(N+n) test-batch statistics), tent (Wang et al. 2021: entropy minimisation of the BN affine parameters, episodic per cell). Runs without batch norm: eval only."),
     device=("auto", "auto, cpu or cuda."),
-    bootstrap=(1000, "Volume-level bootstrap resamples for the confidence intervals (0: none)."),
+    bootstrap=(2000, "Replicates of the two-level bootstrap (test volumes, and seeds within each arm); the smallest p is 1/B. 0: volumes not resampled (seeds alone; refused when every arm has one run)."),
+    bn_prior=(16.0, "Prior strength N of --bn-modes prior (Schneider et al. 2020)."),
+    threshold_from=("clean-val", "Operating points: clean-val (each RUN's, chosen on the clean validation split: what a deployed model does) or corrupted-val (re-chosen per cell on the validation split corrupted like it: the study's release)."),
 )
 
 
@@ -230,30 +232,46 @@ def _integers(text: str, flag: str) -> list[int]:
 
 @command
 def evaluate(
-    runs: List[Path] = typer.Argument(..., help="RUN folders written by `mrrobust train` (unique folder names)."),
+    runs: Optional[List[Path]] = typer.Argument(None, help="RUN folders written by `mrrobust train` (unique folder names); optional with --arm."),
     data: Path = typer.Option(..., "--data", help="The STORE the runs were trained on."),
     out: Path = typer.Option(..., "--out", help="RESULTS folder to write (or to finish, after an interrupted run)."),
+    arm: Optional[List[str]] = typer.Option(None, "--arm", help="NAME=RUN,RUN,... an arm of runs that differ only in their seed (repeatable). Default: runs grouped by their training configuration minus the seed."),
+    reference_arm: Optional[str] = typer.Option(None, "--reference-arm", help="The arm every other arm is compared with and CE is relative to (default: the batch-norm arm)."),
     suite: str = _option(_EVALUATION, "suite"),
     artifacts: Optional[str] = _option(_EVALUATION, "artifacts"),
     severities: str = _option(_EVALUATION, "severities"),
     split: str = typer.Option("test", help="STORE split to evaluate on."),
     bn_modes: str = _option(_EVALUATION, "bn_modes"),
-    batch_size: int = typer.Option(64, help="Slices per batch."),
+    bn_prior: float = _option(_EVALUATION, "bn_prior"),
+    threshold_from: str = _option(_EVALUATION, "threshold_from"),
+    batch_size: int = typer.Option(64, help="Slices per batch (also the test batch of prior and tent)."),
     device: str = _option(_EVALUATION, "device"),
     seed: int = typer.Option(0, help="Seed of the corruptions (per slice) and of the bootstrap."),
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
     level: float = typer.Option(0.95, help="Confidence level of the intervals."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
-    """Every run on every artifact x severity of a STORE split: predictions, metrics with CIs, paired comparisons."""
+    """Every run on every artifact x severity of a STORE split: predictions, per-run and per-arm metrics with CIs, arm comparisons with Holm / BH adjusted p-values."""
+    from mrrobust.arms import parse_arm
     from mrrobust.evaluation import evaluate as run_grid
 
-    result = run_grid(runs, data, out, suite=suite, artifacts=_names(artifacts),
-                      severities=_integers(severities, "--severities"), split=split, bn_modes=_names(bn_modes),
+    arms = None
+    if arm:
+        arms = {}
+        for text in arm:
+            name, members = parse_arm(text)
+            if name in arms:
+                raise MrRobustError(f"--arm {name} is given twice; give each arm once, with all its runs")
+            arms[name] = members
+    result = run_grid(runs or [], data, out, arms=arms, reference_arm=reference_arm, suite=suite,
+                      artifacts=_names(artifacts), severities=_integers(severities, "--severities"), split=split,
+                      bn_modes=_names(bn_modes), bn_prior=bn_prior, threshold_from=threshold_from,
                       batch_size=batch_size, device=device, seed=seed, bootstrap=bootstrap, level=level,
                       progress=not quiet)
+    arms_text = "; ".join(f"{name}: {len(members)} run{'s' if len(members) > 1 else ''}"
+                          for name, members in result["arms"].items())
     print(f"{result['out']}: {result['cells']} cells ({result['computed']} computed now, {result['reused']} "
-          f"finished before); results.csv, comparisons.csv, bn_shift.csv")
+          f"finished before); arms {arms_text}; results.csv, arms.csv, arm_comparisons.csv, thresholds.csv, bn_shift.csv")
 
 
 @command
@@ -278,7 +296,7 @@ def benchmark(
     data: Path = typer.Option(..., "--data", help="STORE folder written by `mrrobust prepare`."),
     out: Path = typer.Option(..., "--out", help="Folder for runs/, results/ and report/ (re-run to resume)."),
     norms: str = typer.Option("batch,group,layer", help="Comma-separated norms to train."),
-    seeds: str = typer.Option("0", help="Comma-separated training seeds (one run per norm and seed)."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds (one run per norm and seed; the seeds of a norm form its arm)."),
     depth: int = _option(_TRAINING, "depth"),
     width: int = _option(_TRAINING, "width"),
     groups: int = _option(_TRAINING, "groups"),
