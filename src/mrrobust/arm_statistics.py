@@ -115,13 +115,14 @@ def bootstrap_p(point: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     return p
 
 
-def _includes(replicates: np.ndarray, value: float, level: float, degenerate: bool = False) -> np.ndarray:
-    """Per column whether the interval of rows 1.. includes `value`; without (or with
-    `degenerate`, constant) replicates whether the point (row 0) is not above `value`."""
+def _not_above(replicates: np.ndarray, value: float, level: float, degenerate: bool = False) -> np.ndarray:
+    """Per column whether the interval of rows 1.. fails to lie wholly above `value` (it includes
+    or lies below it); without (or with `degenerate`, constant) replicates whether the point
+    (row 0) is not above `value`. Where True, a ratio over `replicates - value` is undefined."""
     if degenerate or replicates.shape[0] <= 1:
         return ~(replicates[0] > value)
-    low, high = intervals(replicates[1:], level)
-    return ~((low > value) | (high < value))
+    low, _ = intervals(replicates[1:], level)
+    return ~(low > value)
 
 
 # ---- the computation ------------------------------------------------------------------------
@@ -300,7 +301,7 @@ class ArmStatistics:
                 auc, clean_auc = values[arm.name][mode]["auc"], clean[arm.name][mode]["auc"]
                 room = clean_auc - 0.5
                 values[arm.name][mode]["retained"] = self._nan_where(
-                    _ratio(auc - 0.5, room), _includes(clean_auc, 0.5, self.level, self._fixed(arm)))
+                    _ratio(auc - 0.5, room), _not_above(clean_auc, 0.5, self.level, self._fixed(arm)))
             base, clean_base = values[arm.name]["eval"]["auc"], clean[arm.name]["eval"]["auc"]
             loss = clean_base - base
             for mode in [m for m in arm.modes if m != "eval"]:
@@ -309,7 +310,7 @@ class ArmStatistics:
                 extras.setdefault(arm.name, {})[mode] = {
                     "artifact_gain": gain - clean_gain,
                     "recovered": self._nan_where(_ratio(gain, loss),
-                                                 _includes(loss, 0.0, self.level, self._fixed(arm)))}
+                                                 _not_above(loss, 0.0, self.level, self._fixed(arm)))}
         return values, extras
 
     def compute(self, artifacts: list[str], severities: list[int], scores: Callable,
@@ -353,7 +354,7 @@ class ArmStatistics:
         ref_auc = values[self.reference]["eval"]["auc"]
         ref_drop = clean[self.reference]["eval"]["auc"] - ref_auc
         reference = next(arm for arm in self.arms if arm.name == self.reference)
-        undefined = _includes(ref_drop, 0.0, self.level, self._fixed(reference))
+        undefined = _not_above(ref_drop, 0.0, self.level, self._fixed(reference))
         for arm in self.arms:
             for mode in arm.modes:
                 auc = values[arm.name][mode]["auc"]
