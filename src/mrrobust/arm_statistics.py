@@ -33,7 +33,7 @@ import numpy as np
 
 from mrrobust.data.annotations import LABELS
 from mrrobust.multiplicity import benjamini_hochberg, holm
-from mrrobust.resampling import CELL_METRICS, CellStatistics, volume_counts
+from mrrobust.resampling import CELL_METRICS, ECE_BINS, CellStatistics, volume_counts
 
 MEAN = "mean"
 ALL = "all"
@@ -390,7 +390,7 @@ class ArmStatistics:
         return {"replicates": replicates, "minimum_p": 1.0 / replicates if replicates else None,
                 "volumes_resampled": self.resample_volumes,
                 "seeds_resampled": any(len(arm.runs) > 1 for arm in self.arms),
-                "level": self.level,
+                "level": self.level, "ece_bins": ECE_BINS,
                 "mean_label": {"labels": [LABELS[k] for k in self.labels],
                                "resamples_dropped": dict(self.dropped), "of": replicates},
                 "families": FAMILIES}
