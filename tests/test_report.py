@@ -96,7 +96,8 @@ def test_full_report(tmp_path):
     # header: provenance, sizes, arms with training settings and seeds, software, machine, wall time, B
     head = section(md, "What was evaluated")
     for text in ("**synthetic**", "| test (evaluated) | 12 | 24 | 12 | 12 | 12 | 12 |", "| train | 60 | 120 | 40",
-                 "| batch | batch | 0, 1 | batch-seed0, batch-seed1 | lr 0.001, max_epochs 8 | measured | yes |",
+                 "| batch | batch | 0, 1 | batch-seed0, batch-seed1 | as below | measured | yes |",
+                 "Training settings of every arm: lr 0.001, max_epochs 8.",
                  "torch 2.13.0", "platform test-machine", "wall time: 123 s", f"B = {B} bootstrap",
                  "smallest attainable p 0.0010", "resamples dropped: auc 3 of 1000", "fallback rule was used in 1 cell"):
         assert text in head, text
@@ -291,7 +292,7 @@ def test_few_positive_volumes_are_flagged(tmp_path):
     sizes = tables(section(md, "What was evaluated"))[0]
     assert row_of(sizes, "test (evaluated)")["acl +vol"] == "6 **(< 10)**"
     assert row_of(sizes, "train")["acl +vol"] == "40"
-    assert "Fewer than 10 positive test volumes for acl (6)" in section(md, "Key findings")
+    assert "Fewer than 10 positive volumes in the evaluated split (test) for acl (6)" in section(md, "Key findings")
 
 
 def test_positive_volumes_counted_from_slices_without_sizes(tmp_path):
@@ -305,9 +306,10 @@ def test_positive_volumes_counted_from_slices_without_sizes(tmp_path):
     assert row_of(tables(section(md, "What was evaluated"))[0], "test (evaluated)")["mtear +vol"] == "4 **(< 10)**"
 
 
-@pytest.mark.parametrize("case", ["one seed", "no batch arm", "one arm", "no adaptation"])
+@pytest.mark.parametrize("case", ["one seed", "no batch arm", "one arm", "no adaptation", "no reference arm"])
 def test_subsets(tmp_path, case):
     options = {"one seed": dict(seeds=(0,)), "no batch arm": dict(arms=("group", "layer"), reference="group"),
+               "no reference arm": dict(arms=("group", "layer"), reference=None),
                "one arm": dict(arms=("layer",), reference="layer"), "no adaptation": dict(modes=("eval",))}[case]
     results = write_results(tmp_path / "results", artifacts=("noise",), severities=(1, 3), **options)
     written = report(results, tmp_path / "report")
@@ -325,6 +327,12 @@ def test_subsets(tmp_path, case):
         assert "One arm only" in section(md, "Primary endpoint")
         assert written["findings"][0].startswith("layer: mean AUC over all artifacts "
                                                  + bracket(pooled("layer", "eval", "all", (1, 3), ("noise",)), HALF))
+    if case == "no reference arm":  # evaluate compared nothing: said so; CE from the point values against group
+        assert found[0] == ("Primary endpoint layer - group: not in arm_comparisons.csv (evaluate chose no reference "
+                            "arm; re-run it with --reference-arm).")
+        ce = row_of(tables(section(md, "Corruption errors"))[0], "layer")["noise"]
+        assert ce == f3(sum(1 - arm_auc("layer", "eval", "noise", s) for s in (1, 3))
+                        / sum(1 - arm_auc("group", "eval", "noise", s) for s in (1, 3)))
     if case == "no adaptation":
         assert "No adaptation modes" in md
         assert "adaptation_gain.png" not in [p.name for p in written["figures"]]
@@ -404,3 +412,20 @@ def test_command_line(tmp_path):
     printed = [line[2:] for line in done.stdout.splitlines() if line.startswith("- ")]
     md = (tmp_path / "report" / "report.md").read_text()
     assert printed == bullets(section(md, "In three lines")) and len(printed) == 3
+
+
+def test_training_settings_that_differ_between_arms(tmp_path):
+    import json
+
+    results = write_results(tmp_path / "results", arms=("batch", "group"), seeds=(0,), artifacts=("noise",),
+                            severities=(2,), predictions=False)
+    settings = json.loads((results / "evaluation.json").read_text())
+    for run in settings["runs"]:
+        if run["norm"] == "group":
+            run["training"]["lr"] = 0.01
+    (results / "evaluation.json").write_text(json.dumps(settings))
+    head = section(report(results, tmp_path / "report")["report"].read_text(), "What was evaluated")
+    arms = tables(head)[1]
+    assert row_of(arms, "group")["training settings"] == "lr 0.01"
+    assert row_of(arms, "batch")["training settings"] == "lr 0.001"
+    assert "Training settings of every arm: max_epochs 8." in head

@@ -35,7 +35,10 @@ def primary(res: Results, reference: str, flagged: dict) -> list[str]:
     for r in rows:
         arm, row = r["arm"], r["primary"]
         if row is None:
-            out.append(f"Primary endpoint {arm} - {reference}: not in arm_comparisons.csv (re-run mrrobust evaluate).")
+            why = ("evaluate chose no reference arm; re-run it with --reference-arm"
+                   if not res.settings.get("reference_arm") else
+                   f"evaluate compared the arms with {res.settings['reference_arm']}, not {reference}")
+            out.append(f"Primary endpoint {arm} - {reference}: not in arm_comparisons.csv ({why}).")
             continue
         text = (f"Primary endpoint: mean AUC over every artifact and severity, {arm} - {reference} = "
                 f"{ci(compared(row), sign=True)}, p {p_text(row['p_value'])}, Holm over the arms {p_text(row['p_holm'])} "
@@ -121,7 +124,8 @@ def caveats(res: Results, flagged: dict) -> list[str]:
         out.append("One seed per arm: training variance unmeasured; the intervals cover test-set sampling only.")
     weak = st.underpowered(res)
     if weak:
-        out.append(f"Fewer than {st.MIN_POSITIVE_VOLUMES} positive test volumes for "
+        out.append(f"Fewer than {st.MIN_POSITIVE_VOLUMES} positive volumes in the evaluated split "
+                   f"({res.settings.get('split', 'test')}) for "
                    + ", ".join(f"{label} ({n})" for label, n in weak.items())
                    + ": those labels' intervals under-cover.")
     return out
@@ -171,6 +175,6 @@ def three_lines(res: Results, reference: str, flagged: dict) -> list[str]:
         lines.append("One seed per arm: training variance unmeasured.")
     else:
         weak = st.underpowered(res)
-        lines.append(f"Under-powered labels (< {st.MIN_POSITIVE_VOLUMES} positive test volumes): "
-                     f"{', '.join(weak)}." if weak else "Every label has at least 10 positive test volumes.")
+        lines.append(f"Under-powered labels (< {st.MIN_POSITIVE_VOLUMES} positive volumes in the evaluated split): "
+                     f"{', '.join(weak)}." if weak else "Every label has at least 10 positive volumes in the evaluated split.")
     return lines[:3]

@@ -265,8 +265,8 @@ def corruption_errors(res: Results, models: list, reference: str) -> dict:
 
     rows = not res.from_runs and reference == res.settings.get("reference_arm")
     if rows:
-        undefined = sorted(a for a in res.artifacts
-                           if not np.isfinite(res.cell(reference, "eval", a, ALL, MEAN, RELATIVE_CE)[0]))
+        undefined = [a for a in res.artifacts
+                     if not np.isfinite(res.cell(reference, "eval", a, ALL, MEAN, RELATIVE_CE)[0])]
         return {(arm, mode): {
             "ce": {a: res.cell(arm, mode, a, ALL, MEAN, CE) for a in res.artifacts},
             "mce": res.cell(arm, mode, ALL, ALL, MEAN, MCE),
@@ -279,7 +279,7 @@ def corruption_errors(res: Results, models: list, reference: str) -> dict:
         table[arm, mode] = {a: [res.cell(arm, mode, a, s)[0] for s in res.severities] for a in res.artifacts}
         table[arm, mode][CLEAN] = res.cell(arm, mode, CLEAN, 0)[0]
     points = point_errors(table, (reference, "eval"), severities=res.severities)
-    undefined = sorted(a for a in res.artifacts if not np.isfinite(points[reference, "eval"]["relative_ce"][a]))
+    undefined = [a for a in res.artifacts if not np.isfinite(points[reference, "eval"]["relative_ce"][a])]
     out = {}
     for model in models:
         p = points[model]

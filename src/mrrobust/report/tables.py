@@ -114,6 +114,25 @@ def _arm_record(res: Results, arm: str) -> dict:
     return {}
 
 
+QUIET_SETTINGS = ("seed", "norm", "labels", "in_channels", "arch", "monitor", "group_norm_impl", "accelerator",
+                  "devices", "num_nodes", "workers", "compile", "precision", "limit_train_batches", "limit_val_batches")
+
+
+def training_settings(res: Results) -> dict:
+    """{arm: {setting: value}}: the arm's recorded configuration (model + training sections of its
+    first run when evaluation.json has no arm record), without the seed, the norm (its own
+    column) and the settings that do not change what is learned or are unset."""
+    out = {}
+    for arm, members in res.arms.items():
+        config = _record(_arm_record(res, arm), "configuration")
+        if not config and members:
+            record = res.runs.get(members[0], {}).get("record", {})
+            config = {**_record(record, "model"), **_record(record, "training")}
+        out[arm] = {k: v for k, v in config.items() if k not in QUIET_SETTINGS and v is not None
+                    and not isinstance(v, (dict, list))}
+    return out
+
+
 def header(res: Results, arms_not_learned: dict) -> Section:
     """What was evaluated: provenance, sizes, training settings per arm, seeds, software,
     machine, wall time, intervals."""
@@ -128,15 +147,19 @@ def header(res: Results, arms_not_learned: dict) -> Section:
         blocks += [f"Sizes per split; +vol = positive **volumes** per label (a volume is positive when one of its "
                    f"slices is). A label with fewer than {st.MIN_POSITIVE_VOLUMES} positive volumes in the evaluated "
                    f"split is flagged: its intervals under-cover.", sizes]
+    settings = training_settings(res)
+    shared = {k: v for k, v in next(iter(settings.values()), {}).items()
+              if all(other.get(k) == v for other in settings.values())}
     arm_rows = []
     for arm, members in res.arms.items():
-        record = res.runs.get(members[0], {}).get("record", {}) if members else {}
         variance = _arm_record(res, arm).get("training_variance", "measured" if len(members) > 1 else "unmeasured")
+        own = {k: v for k, v in settings.get(arm, {}).items() if k not in shared}
         arm_rows.append([arm, res.norm_of(arm), ", ".join(str(x) for x in res.seeds_of(arm)) or "?",
-                         ", ".join(members), _pairs({k: v for k, v in _record(record, "training").items() if k != "seed"}),
-                         variance, "**not learned**" if arm in arms_not_learned else "yes"])
-    blocks += ["Arms (runs that differ only in their training seed) and their training settings.",
-               Table(["arm", "norm", "seeds", "runs", "training settings", "training variance", "learned"], arm_rows)]
+                         ", ".join(members), _pairs(own) if own else "as below", variance,
+                         "**not learned**" if arm in arms_not_learned else "yes"])
+    blocks += ["Arms (runs that differ only in their training seed) and the training settings that differ between them.",
+               Table(["arm", "norm", "seeds", "runs", "training settings", "training variance", "learned"], arm_rows),
+               "Training settings of every arm: " + _pairs(shared) + "."]
     statistics, environment = _record(s, "statistics"), _record(s, "environment")
     machine = _record(environment, "machine")
     wall = environment.get("wall_time_s")
