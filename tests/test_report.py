@@ -429,3 +429,13 @@ def test_training_settings_that_differ_between_arms(tmp_path):
     assert row_of(arms, "group")["training settings"] == "lr 0.01"
     assert row_of(arms, "batch")["training settings"] == "lr 0.001"
     assert "Training settings of every arm: max_epochs 8." in head
+
+
+def test_damaged_prediction_stops_before_anything_is_written(tmp_path):
+    results = write_results(tmp_path / "results", arms=("batch", "group"), seeds=(0,), artifacts=("noise",),
+                            severities=(1,))
+    np.save(results / "predictions" / "group-seed0" / "eval" / "clean-0.npy", np.zeros((5, 4), np.float32))
+    with pytest.raises(MrRobustError) as err:
+        report(results, tmp_path / "report")
+    assert "clean-0.npy has shape (5, 4), not (24, 4)" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "report").exists()

@@ -45,7 +45,7 @@ def _write_text(path: Path, text: str) -> None:
         raise MrRobustError(f"cannot write {path}: {err.strerror or err}; choose a writable --out") from None
 
 
-def _figures(res: Results, reference: str, errors: dict, shift: dict, folder: Path, formats) -> dict:
+def _figures(res: Results, reference: str, errors: dict, shift: dict, panels: dict, folder: Path, formats) -> dict:
     """{name: Figure} for every figure the data allow."""
     written = {}
     if res.artifacts and res.arms:
@@ -58,8 +58,7 @@ def _figures(res: Results, reference: str, errors: dict, shift: dict, folder: Pa
         heatmap = fig.difference_heatmap(res, reference, folder, formats)
         if heatmap:
             written["difference_heatmap"] = heatmap
-        worst = {arm: st.worst_cell(res, arm) for arm in res.arms if "eval" in res.modes_of(arm)}
-        reliability = fig.reliability(res, {a: w for a, w in worst.items() if w}, folder, formats)
+        reliability = fig.reliability(res, panels, folder, formats)
         if reliability:
             written["reliability"] = reliability
     top = res.severities[-1] if res.severities else 0
@@ -73,18 +72,13 @@ def report(results: Path, out: Path, *, reference_norm: str | None = None, forma
     """Write REPORT `out` from the RESULTS folder `results`: `figures/<name>.<format>`, then
     `report.html` (figures embedded) and `report.md`. `reference_norm` names the reference
     arm (an arm name, or a norm: its first arm); None = evaluate's `reference_arm` (else
-    batch). Comparisons exist only against evaluate's reference arm. Returns {"report": md path, "html": html
-    path, "figures": [paths], "findings": [the three most important findings, short lines]}."""
+    batch). Comparisons exist only against evaluate's reference arm. Everything is read and
+    checked before anything is written. Returns {"report": md path, "html": html path,
+    "figures": [paths], "findings": [the three most important findings, short lines]}."""
     formats = _formats(formats)
     res = load_results(results)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MrRobustError(f"{out} exists and is not a folder; choose another --out")
-    figures_dir = out / "figures"
-    try:
-        figures_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise MrRobustError(f"cannot write the report to {out} ({err.strerror}); choose a writable --out") from None
+    worst = {arm: st.worst_cell(res, arm) for arm in res.arms if "eval" in res.modes_of(arm)}
+    panels = fig.reliability_panels(res, {arm: cell for arm, cell in worst.items() if cell})  # reads predictions/
     reference = st.reference_arm(res, reference_norm)
     note, recorded = "", res.settings.get("reference_arm")
     if reference_norm is not None and reference is not None and reference_norm not in (reference, res.norm_of(reference)):
@@ -97,7 +91,15 @@ def report(results: Path, out: Path, *, reference_norm: str | None = None, forma
     errors = (st.corruption_errors(res, models, reference)
               if res.artifacts and res.severities and reference and "eval" in res.modes_of(reference) else {})
     shift = tab.bn_shift_means(res)
-    written = _figures(res, reference, errors, shift, figures_dir, formats)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MrRobustError(f"{out} exists and is not a folder; choose another --out")
+    figures_dir = out / "figures"
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MrRobustError(f"cannot write the report to {out} ({err.strerror}); choose a writable --out") from None
+    written = _figures(res, reference, errors, shift, panels, figures_dir, formats)
 
     found = fnd.findings(res, reference, flagged) if reference else ["No arms in this RESULTS folder."]
     short = fnd.three_lines(res, reference, flagged) if reference else found[:1]

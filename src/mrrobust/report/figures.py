@@ -261,10 +261,10 @@ def difference_heatmap(res: Results, reference: str, folder: Path, formats) -> F
 
 
 def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndarray, bins: int = CALIBRATION_BINS,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, level: float = 0.95) -> np.ndarray:
     """(bins, 4): per equal-width bin of predicted probability, (mean predicted, observed
     frequency, its low, its high), every label's (target, score) pooled; targets and scores
-    (N, L), volumes (N,). The interval is the 95% percentile interval of a volume bootstrap
+    (N, L), volumes (N,). The interval is the `level` percentile interval of a volume bootstrap
     (`metrics.cluster_weights`), so correlated slices of a knee do not narrow it."""
     from mrrobust.metrics import cluster_weights
 
@@ -280,17 +280,21 @@ def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndar
             continue
         counts = weights[:, inside].sum(axis=1)
         freq = np.divide(weights[:, inside] @ y[inside], counts, out=np.full(counts.shape, math.nan), where=counts > 0)
-        low, high = np.nanpercentile(freq, [2.5, 97.5]) if np.isfinite(freq).any() else (math.nan, math.nan)
+        low, high = (np.nanpercentile(freq, [50 * (1 - level), 50 * (1 + level)]) if np.isfinite(freq).any()
+                     else (math.nan, math.nan))
         points[b] = (p[inside].mean(), y[inside].mean(), low, high)
     return points
 
 
-def reliability(res: Results, cells: dict, folder: Path, formats) -> Figure | None:
-    """Reliability diagram per arm (eval mode, its runs' predictions pooled): clean vs the
-    arm's worst artifact at the highest severity. `cells[arm] = (artifact, severity)`."""
+def reliability_panels(res: Results, cells: dict) -> dict:
+    """{arm: {(artifact, severity): reliability_points}} for clean and `cells[arm]` = (artifact,
+    severity), each arm's runs' eval-mode predictions pooled; reads predictions/ (before anything
+    is written: a damaged prediction file stops the report with one line). {} without slices.csv."""
     if not res.slices:
-        return None
-    bins = int((res.settings.get("statistics") or {}).get("ece_bins") or CALIBRATION_BINS)
+        return {}
+    statistics = res.settings.get("statistics") or {}
+    bins = int(statistics.get("ece_bins") or CALIBRATION_BINS)
+    level = float(statistics.get("level", res.settings.get("level", 0.95)))
     targets = res.targets()
     volumes = np.array([row["volume"] for row in res.slices])
     panels = {}
@@ -302,11 +306,18 @@ def reliability(res: Results, cells: dict, folder: Path, formats) -> Figure | No
             if scores:
                 curves[artifact, severity] = reliability_points(
                     np.tile(targets, (len(scores), 1)), np.vstack(scores), np.tile(volumes, len(scores)),
-                    bins=bins, seed=int(res.settings.get("seed", 0) or 0))
+                    bins=bins, seed=int(res.settings.get("seed", 0) or 0), level=level)
         if curves:
             panels[arm] = curves
+    return panels
+
+
+def reliability(res: Results, panels: dict, folder: Path, formats) -> Figure | None:
+    """Reliability diagram per arm (`reliability_panels`): clean vs the arm's worst artifact at the
+    highest severity; None when there is nothing to show."""
     if not panels:
         return None
+    bins = len(next(iter(next(iter(panels.values())).values())))
     plt = _pyplot()
     fig, axes = _grid(plt, len(panels), width=2.6, height=2.5)
     for ax, (arm, curves) in zip(axes, panels.items()):
