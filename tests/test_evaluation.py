@@ -505,3 +505,23 @@ def test_thresholds_from_the_corrupted_validation_split(runs, tiny_store, tmp_pa
     scores = predictions(out, "batch-seed0", "adapt", "noise", 5)[:, k]
     expected = np.mean(scores[test[:, k] == 1] >= number(r["threshold"]))
     assert number(results[("batch-seed0", "adapt", "noise", "5", r["label"], "sensitivity")]["value"]) == pytest.approx(expected)
+
+
+def test_evaluate_command_refuses_bad_arms_and_rules_in_one_line(runs, tiny_store, tmp_path):
+    import subprocess
+    import sys
+
+    cases = [
+        (["--arm", f"a={runs['batch']}", "--arm", f"a={runs['layer']}"], "--arm a is given twice"),
+        ([str(runs["layer"]), "--threshold-from", "bogus"], "unknown --threshold-from 'bogus'"),
+        ([str(runs["layer"]), "--bn-modes", "eval,norm"], "unknown bn mode 'norm'"),
+        (["--arm", f"a={runs['batch']},{runs['batch']}"], "twice"),
+    ]
+    for args, says in cases:
+        result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "evaluate", *args, "--data",
+                                 str(tiny_store), "--out", str(tmp_path / "out"), "--quiet"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], result.stderr
+        assert not (tmp_path / "out").exists()
