@@ -210,6 +210,7 @@ def test_not_learned_by_chance_interval(tmp_path):
     assert "batch" not in next(f for f in found if f.startswith("Room above chance"))
     assert row_of(tables(section(md, "Primary endpoint"))[0], "group - batch")["note"] == "no claim: not learned"
     assert "Not learned: batch" in section(md, "In three lines")
+    assert not any("AdaBN" in f for f in found)  # no adaptation claim from the arm that did not learn
     assert "**batch** not learned" in section(md, "Guard rails: did each model learn?")
 
 

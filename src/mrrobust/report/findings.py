@@ -90,10 +90,11 @@ def retained_finding(res: Results, flagged: dict) -> str | None:
             + "; ".join(f"{arm} {ci(v)} under {a}" for arm, (a, v) in worst.items()) + ".")
 
 
-def adaptation_findings(res: Results) -> list[str]:
+def adaptation_findings(res: Results, flagged: dict) -> list[str]:
+    """Per adaptation of a learned arm: clean gain, artifact-specific gain, share of the loss recovered."""
     out = []
     for arm in res.arms:
-        if "eval" not in res.modes_of(arm):
+        if "eval" not in res.modes_of(arm) or arm in flagged:
             continue
         for mode in res.modes_of(arm):
             if mode == "eval":
@@ -143,7 +144,7 @@ def findings(res: Results, reference: str, flagged: dict) -> list[str]:
     for extra in (counts(res, reference, flagged), retained_finding(res, flagged)):
         if extra:
             found.append(extra)
-    return found + adaptation_findings(res) + caveats(res, flagged)
+    return found + adaptation_findings(res, flagged) + caveats(res, flagged)
 
 
 def three_lines(res: Results, reference: str, flagged: dict) -> list[str]:
@@ -168,7 +169,7 @@ def three_lines(res: Results, reference: str, flagged: dict) -> list[str]:
         lines.append(retained.replace("Room above chance retained under each arm's worst artifact (averaged over "
                                       "severities): ", "Retained room above chance, worst artifact: ")
                      if retained else "Every arm learned (clean mean AUC interval above chance).")
-    adaptation = adaptation_findings(res)
+    adaptation = adaptation_findings(res, flagged)
     if adaptation:
         lines.append(adaptation[0])
     elif all(len(m) <= 1 for m in res.arms.values()):
