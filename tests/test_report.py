@@ -275,7 +275,7 @@ def test_relative_ce_without_arms_uses_the_point_rule(tmp_path):
     results = write_results(tmp_path / "results", seeds=(0,), flat=[("batch", "noise")], comparisons=False)
     (results / "arms.csv").unlink()
     md = report(results, tmp_path / "report")["report"].read_text()
-    assert "training variance unmeasured" in md
+    assert "training variance unmeasured" in md and "has no arms.csv" in section(md, "What was evaluated")
     assert "Relative CE is **undefined** under noise" in section(md, "Corruption errors")
     row = row_of(tables(section(md, "Corruption errors"))[0], "group-seed0")
     errors = (1 - np.array([arm_auc("group", "eval", "motion", s) + 0.01 for s in SEVERITIES])).sum()
@@ -440,3 +440,14 @@ def test_damaged_prediction_stops_before_anything_is_written(tmp_path):
         report(results, tmp_path / "report")
     assert "clean-0.npy has shape (5, 4), not (24, 4)" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "report").exists()
+
+
+def test_null_arms_claim_nothing(tmp_path):
+    """Two arms with the same model (as two arms of one norm would be): no ordering, no cell significant."""
+    results = write_results(tmp_path / "results", arms=("batch", "group"), clean={"group": CLEAN["batch"]},
+                            slope={"group": SLOPE["batch"]}, modes=("eval",))
+    md = report(results, tmp_path / "report")["report"].read_text()
+    found = bullets(section(md, "Key findings"))
+    assert "(ordering of group and batch not established, Holm p" in found[0]
+    assert "group vs batch: 0 of 10 after Holm (0 in favour of group, 0 of batch), 0 after Benjamini-Hochberg" in md
+    assert "group above batch" not in md and "group below batch" not in md

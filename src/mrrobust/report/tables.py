@@ -157,6 +157,9 @@ def header(res: Results, arms_not_learned: dict) -> Section:
         arm_rows.append([arm, res.norm_of(arm), ", ".join(str(x) for x in res.seeds_of(arm)) or "?",
                          ", ".join(members), _pairs(own) if own else "as below", variance,
                          "**not learned**" if arm in arms_not_learned else "yes"])
+    if res.from_runs:
+        blocks.append("This RESULTS folder has no arms.csv (evaluated before arms existed): each run is shown as an arm "
+                      "of one seed with its own test-set interval; re-run mrrobust evaluate for arm statistics.")
     blocks += ["Arms (runs that differ only in their training seed) and the training settings that differ between them.",
                Table(["arm", "norm", "seeds", "runs", "training settings", "training variance", "learned"], arm_rows),
                "Training settings of every arm: " + _pairs(shared) + "."]
@@ -245,7 +248,7 @@ def primary_section(res: Results, reference: str, flagged: dict) -> Section:
     if not rows:
         return Section("Primary endpoint", ["One arm only: there is no comparison to make."])
     text = (f"Each arm against the reference arm **{reference}** (eval mode): the difference in mean AUC over every "
-            f"artifact and severity (the primary endpoint), paired on the same test volumes, with its interval and "
+            f"artifact and severity (the primary endpoint), paired on the same evaluated volumes, with its interval and "
             f"two-sided p, and p adjusted by Holm over the arms compared with the reference. The clean gap is shown beside it: when its interval "
             f"excludes 0 the robustness comparison is confounded by clean accuracy. B = {st.replicates(res)}, "
             f"smallest attainable p {num(st.smallest_p(res), 4)}.")
