@@ -4,7 +4,10 @@ arm_comparisons.csv, plus the per-run rows of results.csv), from predictions in 
 Replicate b (1..B) draws the test volumes once with replacement (`resampling.volume_counts`),
 shared by every run, arm, bn_mode and cell, so every difference is paired on the test data;
 and, per arm and independently, the arm's k runs with replacement (k draws). A run's metric in b
-is its metric on the volume-resampled test set; the arm's is the mean over its drawn runs.
+is its metric on the volume-resampled test set; the arm's is the mean over all k runs plus
+sqrt(k / (k - 1)) times the deviation of the drawn runs' mean from it (so the seed level's
+bootstrap variance is the unbiased s^2 / k instead of (k - 1) s^2 / k^2: with 3 seeds the plain
+resampling under-covers, benchmarks/coverage.py).
 Replicate 0 is the point estimate: every volume once, every run once. Every derived quantity
 (means over cells, CE, retained fraction, gains) is computed per replicate from these, so its
 interval and p-value come from the same replicates. Intervals are percentile intervals of the
@@ -155,7 +158,11 @@ class ArmStatistics:
             k = len(arm.runs)
             draws = rng.integers(0, k, size=(replicates, k))
             drawn = np.stack([(draws == r).sum(axis=1) for r in range(k)], axis=1).astype(np.float64)
-            self.seed_weights[arm.name] = np.vstack([np.ones((1, k)), drawn]) / k  # (R, k)
+            # deviations of the drawn mean from the all-runs mean scaled by sqrt(k / (k - 1)):
+            # the bootstrap variance of a mean of k runs is then s^2 / k, not (k - 1) s^2 / k^2
+            scale = math.sqrt(k / (k - 1)) if k > 1 else 1.0
+            weights = 1.0 / k + scale * (drawn / k - 1.0 / k)
+            self.seed_weights[arm.name] = np.vstack([np.full((1, k), 1.0 / k), weights])  # (R, k)
         self.arm_rows, self.comparison_rows, self.run_rows = [], [], []
         self._p_rows = []  # (row, family key)
         self.dropped = {}
