@@ -99,7 +99,7 @@ def test_full_report(tmp_path):
                  "| batch | batch | 0, 1 | batch-seed0, batch-seed1 | as below | measured | yes |",
                  "Training settings of every arm: lr 0.001, max_epochs 8.",
                  "torch 2.13.0", "platform test-machine", "wall time: 123 s", f"B = {B} bootstrap",
-                 "smallest attainable p 0.0010", "resamples dropped: auc 3 of 1000", "fallback rule was used in 1 cell"):
+                 "smallest attainable p 0.0010", "resamples dropped: auc 3 of 1000", "fallback rule was used in 1 case"):
         assert text in head, text
     assert "training variance unmeasured" not in md
 
@@ -385,6 +385,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(MrRobustError, match="lacks the column"):
         report(results, tmp_path / "report")
     (results / "arms.csv").unlink()
+    header = (results / "results.csv").read_text().splitlines()[0]
+    text = (results / "results.csv").read_text()
+    (results / "results.csv").write_text(header + "\n")
+    with pytest.raises(MrRobustError, match="results.csv has no rows"):
+        report(results, tmp_path / "report")
+    (results / "results.csv").write_text(text)
     edit_csv(results / "results.csv", dict(artifact="clean", label="mean", metric="auc"), value="high")
     with pytest.raises(MrRobustError, match="is not a number"):
         report(results, tmp_path / "report")

@@ -161,7 +161,8 @@ def three_lines(res: Results, reference: str, flagged: dict) -> list[str]:
     else:
         arm = next(iter(res.arms), reference)
         lines.append(f"{arm}: mean AUC over all artifacts {ci(res.cell(arm, 'eval', ALL, ALL))}, clean "
-                     f"{ci(res.cell(arm, 'eval', CLEAN, 0))} (no second arm to compare).")
+                     f"{ci(res.cell(arm, 'eval', CLEAN, 0))} ("
+                     + ("no second arm to compare" if len(res.arms) < 2 else "no paired comparison in RESULTS") + ").")
     if flagged:
         lines.append(f"Not learned: {', '.join(flagged)}; no robustness claim from {'it' if len(flagged) == 1 else 'them'}.")
     else:

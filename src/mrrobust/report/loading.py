@@ -226,6 +226,9 @@ def load_results(results: Path) -> Results:
     settings = _settings(results)
     numbers = ("value", "ci_low", "ci_high")
     rows = read_csv(results / "results.csv", RESULTS_COLUMNS, numbers)
+    if not rows:
+        raise MrRobustError(f"{results / 'results.csv'} has no rows (an interrupted evaluate?); re-run the same "
+                            f"mrrobust evaluate to finish it")
     records = {str(r.get("name")): r for r in settings.get("runs", []) if isinstance(r, dict)}
     runs, run_cells = {}, {}
     for r in rows:

@@ -169,16 +169,18 @@ def header(res: Results, arms_not_learned: dict) -> Section:
     b, level = st.replicates(res), float(statistics.get("level", s.get("level", 0.95)))
     mean_label = _record(statistics, "mean_label")
     dropped = {k: v for k, v in _record(mean_label, "resamples_dropped").items() if v}
-    fallback = _record(s, "thresholds").get("fallback") or []
+    fallback = _record(s, "thresholds").get("fallback")
     details = [f"artifact suite `{s.get('suite', '?')}`: {', '.join(res.artifacts) or 'none'}; severities "
                f"{', '.join(map(str, res.severities)) or 'none'} (ladders in the robustness section)",
                f"BN modes: {', '.join(MODE_NAMES.get(m, m) for m in res.bn_modes) or 'eval'}"
                + (f" (prior N = {s['bn_prior']})" if "prior" in res.bn_modes and "bn_prior" in s else "")
                + f"; corruption seed {s.get('seed', '?')}"
                + (f"; predicted on {s['device']}, precision {s.get('precision', '?')}" if "device" in s else ""),
-               f"operating points: {s.get('threshold_from', 'clean-val')}"
-               f" ({'re-chosen on the validation split corrupted like the cell' if s.get('threshold_from') == 'corrupted-val' else 'each RUN chose them on the clean validation split'}); "
-               f"the FPR > 0.25 fallback rule was used in {len(fallback)} cell(s)",
+               f"operating points: {s.get('threshold_from', 'clean-val')} ("
+               + ("re-chosen on the validation split corrupted like the cell" if s.get("threshold_from") == "corrupted-val"
+                  else "each RUN chose them on the clean validation split") + "); "
+               + (f"the FPR > 0.25 fallback rule was used in {len(fallback)} case(s)" if isinstance(fallback, list)
+                else "use of the FPR > 0.25 fallback rule not recorded"),
                (f"intervals: B = {b} bootstrap replicates ({'seeds within each arm and ' if not res.from_runs else ''}"
                 f"test volumes, the volumes shared by every run and cell), {100 * level:g}% percentile; smallest "
                 f"attainable p {num(st.smallest_p(res), 4)}" if b else "intervals: none (evaluated without bootstrap)"),
