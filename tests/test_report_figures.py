@@ -125,6 +125,23 @@ def test_reliability_points_match_a_direct_computation():
             assert np.isnan(points[b]).all()
 
 
+def test_reliability_interval_is_the_volume_bootstrap():
+    """The per-volume-count interval equals the bootstrap written out slice by slice."""
+    from mrrobust.metrics import cluster_weights
+
+    rng = np.random.default_rng(2)
+    targets = (rng.random((40, 3)) < 0.5).astype(float)
+    scores = rng.random((40, 3))
+    volumes = np.repeat(np.arange(8), 5)
+    points = figures_module.reliability_points(targets, scores, volumes, bins=4, seed=3, level=0.9)
+    draws = cluster_weights(np.arange(8), figures_module.RELIABILITY_RESAMPLES, 3)  # (B, volumes)
+    weight = draws[:, np.repeat(volumes, 3)]  # each (slice, label) entry weighs as often as its volume was drawn
+    y, p = targets.ravel(), scores.ravel()
+    inside = np.minimum((p * 4).astype(int), 3) == 2
+    freq = (weight[:, inside] @ y[inside]) / weight[:, inside].sum(axis=1)
+    assert points[2, 2:] == pytest.approx(np.nanpercentile(freq, [5, 95]))
+
+
 def test_ladder_labels_come_from_the_registry():
     labels, unit = figures_module.ladder("mrrobust", "motion", [1, 5])
     entry = ARTIFACTS["motion"].ladder

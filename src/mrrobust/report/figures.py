@@ -264,22 +264,25 @@ def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndar
                        seed: int = 0, level: float = 0.95) -> np.ndarray:
     """(bins, 4): per equal-width bin of predicted probability, (mean predicted, observed
     frequency, its low, its high), every label's (target, score) pooled; targets and scores
-    (N, L), volumes (N,). The interval is the `level` percentile interval of a volume bootstrap
-    (`metrics.cluster_weights`), so correlated slices of a knee do not narrow it."""
+    (N, L), volumes (N,); NaN targets are left out. The interval is the `level` percentile
+    interval of a volume bootstrap (`metrics.cluster_weights` over the distinct volumes), so
+    correlated slices of a knee do not narrow it; it works on per-volume counts (B x V)."""
     from mrrobust.metrics import cluster_weights
 
     known = np.isfinite(targets)
     y, p = targets[known], scores[known]
-    groups = np.broadcast_to(volumes[:, None], targets.shape)[known]
-    weights = cluster_weights(groups, RELIABILITY_RESAMPLES, seed)  # (B, M)
+    distinct, volume = np.unique(np.broadcast_to(volumes[:, None], targets.shape)[known], return_inverse=True)
+    draws = cluster_weights(np.arange(distinct.size), RELIABILITY_RESAMPLES, seed)  # (B, V): times volume v drawn
     which = np.clip((p * bins).astype(int), 0, bins - 1)
     points = np.full((bins, 4), math.nan)
     for b in range(bins):
         inside = which == b
         if not inside.any():
             continue
-        counts = weights[:, inside].sum(axis=1)
-        freq = np.divide(weights[:, inside] @ y[inside], counts, out=np.full(counts.shape, math.nan), where=counts > 0)
+        n = np.bincount(volume[inside], minlength=distinct.size)  # (V,) entries of each volume in the bin
+        positives = np.bincount(volume[inside], weights=y[inside], minlength=distinct.size)
+        counts = draws @ n
+        freq = np.divide(draws @ positives, counts, out=np.full(counts.shape, math.nan), where=counts > 0)
         low, high = (np.nanpercentile(freq, [50 * (1 - level), 50 * (1 + level)]) if np.isfinite(freq).any()
                      else (math.nan, math.nan))
         points[b] = (p[inside].mean(), y[inside].mean(), low, high)
