@@ -23,7 +23,6 @@ from typing import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -52,8 +51,10 @@ class PriorBatchNorm(nn.Module):
         weight = self.prior / (self.prior + x.shape[0])
         mixed_mean = weight * norm.running_mean.float() + (1.0 - weight) * mean
         mixed_var = weight * norm.running_var.float() + (1.0 - weight) * var
-        out = F.batch_norm(x.float(), mixed_mean, mixed_var, norm.weight, norm.bias,
-                           training=False, eps=norm.eps)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        out = (x.float() - mixed_mean.view(shape)) * torch.rsqrt(mixed_var.view(shape) + norm.eps)
+        if norm.weight is not None:
+            out = out * norm.weight.view(shape) + norm.bias.view(shape)
         return out.to(x.dtype)
 
 
