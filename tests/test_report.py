@@ -142,6 +142,8 @@ def test_full_report(tmp_path):
 
     # threshold metrics and ECE under every artifact, not only clean
     operating = tables(section(md, "Operating point under artifacts"))
+    assert "fallback rule (FPR > 0.25, no threshold reached sensitivity 0.9): batch-seed0 acl (eval, clean 0)." in \
+        section(md, "Operating point under artifacts")
     spec = arm_auc("batch", "eval", "motion", 5) - 0.2
     assert row_of(operating[1], "motion", "batch")["5"] == bracket(spec, HALF)
     assert row_of(operating[2], "motion", "batch")["5"] == bracket((0.9 + spec) / 2, HALF)

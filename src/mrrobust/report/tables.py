@@ -344,7 +344,8 @@ def _fallbacks(res: Results) -> str:
     fallback = _record(res.settings, "thresholds").get("fallback")
     if not isinstance(fallback, list):
         return "not recorded"
-    return "; ".join(f"{f.get('run')} {f.get('bn_mode')} {f.get('artifact')} {f.get('severity')} {f.get('label')}"
+    return "; ".join(f"{f.get('run')} {f.get('label')}" + ("" if f.get("artifact") in (None, ALL) else
+                                                           f" ({f.get('bn_mode')}, {f.get('artifact')} {f.get('severity')})")
                      for f in fallback if isinstance(f, dict)) or "none"
 
 
