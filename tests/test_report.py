@@ -172,6 +172,10 @@ def test_full_report(tmp_path):
     won = sum(arm_auc("batch", "adapt", "motion", s) - arm_auc("batch", "eval", "motion", s) for s in SEVERITIES)
     assert row_of(adapt[1], "motion", "batch + AdaBN")["fraction recovered"] == bracket(won / loss, 0.1)
     assert won / loss == pytest.approx(RECOVER["adapt"] - CLEAN_COST["adapt"] * 5 / loss)
+    loss = sum(CLEAN["batch"] - arm_auc("batch", "eval", a, s) for a in WEIGHT for s in SEVERITIES)
+    won = sum(arm_auc("batch", "adapt", a, s) - arm_auc("batch", "eval", a, s) for a in WEIGHT for s in SEVERITIES)
+    assert row_of(adapt[1], "**all artifacts**", "batch + AdaBN")["fraction recovered"] == bracket(won / loss, 0.1)
+    assert f"it recovers {bracket(won / loss, 0.1)} of batch's artifact loss" in written["findings"][2]
 
     # the report ends with the three findings report() returns
     assert md.rstrip().endswith(written["findings"][-1])
@@ -459,3 +463,19 @@ def test_null_arms_claim_nothing(tmp_path):
     assert "(ordering of group and batch not established, Holm p" in found[0]
     assert "group vs batch: 0 of 10 after Holm (0 in favour of group, 0 of batch), 0 after Benjamini-Hochberg" in md
     assert "group above batch" not in md and "group below batch" not in md
+
+
+def test_adaptation_without_arms_from_point_values(tmp_path):
+    """An older RESULTS folder: the gain split and the recovered share from the point values."""
+    results = write_results(tmp_path / "results", arms=("batch",), seeds=(0,), comparisons=False, predictions=False)
+    (results / "arms.csv").unlink()
+    md = report(results, tmp_path / "report")["report"].read_text()
+    adapt = tables(section(md, "Test-time adaptation"))
+    clean_gain = -CLEAN_COST["adapt"]
+    total = pooled("batch", "adapt", "all", SEVERITIES) - pooled("batch", "eval", "all", SEVERITIES)
+    row = row_of(adapt[0], "**all artifacts**", "batch-seed0 + AdaBN")
+    assert (row["total gain"], row["clean gain"], row["artifact-specific gain"]) == (
+        f3(total, True), f3(clean_gain, True), f3(total - clean_gain, True))
+    loss = CLEAN["batch"] - pooled("batch", "eval", "motion", SEVERITIES)
+    gain = pooled("batch", "adapt", "motion", SEVERITIES) - pooled("batch", "eval", "motion", SEVERITIES)
+    assert row_of(adapt[1], "motion", "batch-seed0 + AdaBN")["fraction recovered"] == f3(gain / loss)

@@ -102,14 +102,9 @@ def adaptation_findings(res: Results, flagged: dict) -> list[str]:
             if not res.artifacts:
                 continue
             overall = st.adaptation_gain(res, arm, mode, ALL)
-            specific = overall["specific"] if np.isfinite(overall["specific"][0]) else (st.nanmean(
-                [st.adaptation_gain(res, arm, mode, a)["specific"][0] for a in res.artifacts]), np.nan, np.nan)
             text = (f"{model_name(arm, mode)}: clean gain {ci(overall['clean'], sign=True)}, artifact-specific gain "
-                    f"{ci(specific, sign=True)} (all artifacts)")
+                    f"{ci(overall['specific'], sign=True)} (all artifacts)")
             recovered = st.recovery(res, arm, mode, ALL)
-            if not np.isfinite(recovered[0]):
-                per_artifact = [st.recovery(res, arm, mode, a)[0] for a in res.artifacts]
-                recovered = (st.nanmean(per_artifact), np.nan, np.nan)
             if np.isfinite(recovered[0]):
                 text += f"; it recovers {ci(recovered)} of {arm}'s artifact loss"
             out.append(text + ".")

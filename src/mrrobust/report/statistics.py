@@ -162,9 +162,14 @@ def underpowered(res: Results) -> dict:
 # ---- adaptation --------------------------------------------------------------------------
 
 
+def _cells(res: Results, artifact: str) -> list[tuple]:
+    """The (artifact, severity) cells of `artifact` ("all": of every artifact)."""
+    return [(a, s) for a in (res.artifacts if artifact == ALL else [artifact]) for s in res.severities]
+
+
 def adaptation_gain(res: Results, arm: str, mode: str, artifact: str) -> dict:
     """An adaptation `mode`'s gain over eval for `arm` under `artifact` (mean over the
-    severities), each (value, low, high): total = AUC_mode - AUC_eval; clean = the same on
+    severities; "all": over every corrupted cell), each (value, low, high): total = AUC_mode - AUC_eval; clean = the same on
     clean slices; specific = total - clean (what the adaptation does for the artifact beyond
     what it does to clean images). From arm_comparisons.csv (`auc`, `clean_gain`,
     `artifact_gain`, with intervals); from point values, without interval, where absent."""
@@ -175,11 +180,11 @@ def adaptation_gain(res: Results, arm: str, mode: str, artifact: str) -> dict:
                 return (row["difference"], row["ci_low"], row["ci_high"])
         return None
 
+    cells = _cells(res, artifact)
     clean = compared(CLEAN, 0, CLEAN_GAIN, "auc") or (
         res.cell(arm, mode, CLEAN, 0)[0] - res.cell(arm, "eval", CLEAN, 0)[0], math.nan, math.nan)
     total = compared(artifact, ALL, "auc") or (
-        nanmean([res.cell(arm, mode, artifact, s)[0] - res.cell(arm, "eval", artifact, s)[0]
-                 for s in res.severities]), math.nan, math.nan)
+        nanmean([res.cell(arm, mode, a, s)[0] - res.cell(arm, "eval", a, s)[0] for a, s in cells]), math.nan, math.nan)
     specific = compared(artifact, ALL, ARTIFACT_GAIN) or (total[0] - clean[0], math.nan, math.nan)
     return {"total": total, "clean": clean, "specific": specific}
 
@@ -192,8 +197,9 @@ def recovery(res: Results, arm: str, mode: str, artifact: str) -> tuple:
     row = res.comparison(arm, arm, "eval", mode, artifact, ALL, metric=RECOVERED)
     if row is not None:
         return (row["difference"], row["ci_low"], row["ci_high"])
-    loss = res.cell(arm, "eval", CLEAN, 0)[0] - nanmean([res.cell(arm, "eval", artifact, s)[0] for s in res.severities])
-    gain = nanmean([res.cell(arm, mode, artifact, s)[0] - res.cell(arm, "eval", artifact, s)[0] for s in res.severities])
+    cells = _cells(res, artifact)
+    loss = res.cell(arm, "eval", CLEAN, 0)[0] - nanmean([res.cell(arm, "eval", a, s)[0] for a, s in cells])
+    gain = nanmean([res.cell(arm, mode, a, s)[0] - res.cell(arm, "eval", a, s)[0] for a, s in cells])
     return (gain / loss, math.nan, math.nan) if np.isfinite(loss) and loss > 0 else NAN3
 
 

@@ -423,11 +423,12 @@ def adaptation_section(res: Results, figure: Figure | None) -> Section:
     for arm, mode in models(res):
         if mode == "eval" or "eval" not in res.modes_of(arm):
             continue
-        for artifact in res.artifacts:
+        for artifact in [*res.artifacts, ALL]:
             g = st.adaptation_gain(res, arm, mode, artifact)
-            gain_rows.append([artifact, model_name(arm, mode), ci(g["total"], True), ci(g["clean"], True),
+            name = "**all artifacts**" if artifact == ALL else artifact
+            gain_rows.append([name, model_name(arm, mode), ci(g["total"], True), ci(g["clean"], True),
                               ci(g["specific"], True)])
-            recovery_rows.append([artifact, model_name(arm, mode), ci(st.recovery(res, arm, mode, artifact))])
+            recovery_rows.append([name, model_name(arm, mode), ci(st.recovery(res, arm, mode, artifact))])
     if not gain_rows:
         return Section("Test-time adaptation", ["No adaptation modes in this RESULTS folder (or no batch-norm arm): "
                                                 "n/a."])
