@@ -178,7 +178,8 @@ def test_arm_replicates_are_the_mean_over_drawn_seeds_on_drawn_volumes():
     """Replicate b rebuilt by hand (warnings: sklearn on a resample without positives): volume
     counts from volume_counts(seed), each arm's seed draws from default_rng([seed, SEED_STREAM])
     in arm order; with scikit-learn's weighted AUC of each run on the resampled volumes, the arm
-    AUC = mean over all k runs + sqrt(k / (k - 1)) x (mean over the drawn runs - that mean)."""
+    AUC = mean over all k runs + sqrt(k / (k - 1)) x (mean over the drawn runs - that mean),
+    clipped to [0, 1]."""
     targets, volumes, effect, shared = clustered(12, seed=5)
     arms = [ArmRuns("a", ["a0", "a1", "a2"], ["eval"]), ArmRuns("b", ["b0", "b1"], ["eval"])]
     strengths = {"a0": 1.0, "a1": 1.6, "a2": 2.2, "b0": 0.8, "b1": 1.4}
@@ -195,7 +196,7 @@ def test_arm_replicates_are_the_mean_over_drawn_seeds_on_drawn_volumes():
                               sample_weight=counts[b][volume]) for run in arm.runs]
         drawn = np.mean([aucs[r] for r in draws[arm.name][b]])
         n = len(arm.runs)
-        return np.mean(aucs) + np.sqrt(n / (n - 1)) * (drawn - np.mean(aucs))
+        return np.clip(np.mean(aucs) + np.sqrt(n / (n - 1)) * (drawn - np.mean(aucs)), 0, 1)
 
     expected = {arm.name: np.array([[arm_auc(arm, b, k) for k in range(4)] for b in range(replicates)])
                 for arm in arms}
