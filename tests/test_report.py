@@ -300,6 +300,7 @@ def test_few_positive_volumes_are_flagged(tmp_path):
     assert row_of(sizes, "test (evaluated)")["acl +vol"] == "6 **(< 10)**"
     assert row_of(sizes, "train")["acl +vol"] == "40"
     assert "Fewer than 10 positive volumes in the evaluated split (test) for acl (6)" in section(md, "Key findings")
+    assert "acl (< 10 +vol)" in tables(section(md, "Clean performance"))[0][0]
 
 
 def test_positive_volumes_counted_from_slices_without_sizes(tmp_path):

@@ -252,7 +252,7 @@ def difference_heatmap(res: Results, reference: str, folder: Path, formats) -> F
                     color="white" if abs(grid[i, j]) > 0.6 * limit else "black")
         ax.set_xticks(range(len(res.severities)), [str(s) for s in res.severities], fontsize=6)
         ax.set_yticks(range(len(res.artifacts)), res.artifacts, fontsize=6)
-        ax.set_xlabel("severity", fontsize=6)
+        ax.set_xlabel("severity (parameters: the ladder table)", fontsize=6)
         ax.set_title(f"{arm} - {reference}", fontsize=7)
     bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.9)
     bar.set_label("difference in mean AUC", fontsize=6)

@@ -266,7 +266,11 @@ def _metric_cells(get, ece: bool = True) -> list[str]:
             *(ci(get(metric, MEAN)) for metric in THRESHOLD_METRICS), *([ci(get(st.ECE, MEAN))] if ece else [])]
 
 
-CLEAN_HEADER = ["mean AUC", *LABELS, "sensitivity", "specificity", "balanced acc."]
+def clean_header(res: Results) -> list[str]:
+    """Column names; a label with fewer than 10 positive volumes in the evaluated split is marked."""
+    weak = st.underpowered(res)
+    return ["mean AUC", *(f"{label} (< 10 +vol)" if label in weak else label for label in LABELS),
+            "sensitivity", "specificity", "balanced acc."]
 
 
 def clean_section(res: Results) -> Section:
@@ -276,13 +280,13 @@ def clean_section(res: Results) -> Section:
     blocks = ["Per arm (its runs' seeds and the test volumes resampled together). AUC per label; sensitivity, "
               "specificity, balanced accuracy of the mean label at the operating point; expected calibration error "
               "(ECE).",
-              Table(["arm", "runs", *CLEAN_HEADER, "ECE"], per_arm)]
+              Table(["arm", "runs", *clean_header(res), "ECE"], per_arm)]
     if not res.from_runs:
         per_run = [[run, info["norm"], str(info["seed"]),
                     *_metric_cells(lambda m, lab, run=run: res.run_cell(run, "eval", CLEAN, 0, lab, m), ece=False)]
                    for run, info in res.runs.items()]
         blocks += ["Per run (eval mode; test-set interval of that run alone).",
-                   Table(["run", "norm", "seed", *CLEAN_HEADER], per_run)]
+                   Table(["run", "norm", "seed", *clean_header(res)], per_run)]
     return Section("Clean performance", blocks)
 
 
