@@ -13,7 +13,9 @@ Replicate 0 is the point estimate: every volume once, every run once. Every deri
 interval and p-value come from the same replicates. Intervals are percentile intervals of the
 finite replicates; p-values are two-sided: twice the share of finite replicates on the other side
 of 0 (0 included), floored at 1 / (finite replicates). Both are NaN when fewer than half the
-replicates are finite.
+replicates are finite. A ratio (retained fraction, relative CE, share of the loss recovered) is
+NaN, never a huge number, unless its denominator's interval lies wholly above its null (clean AUC
+above 0.5, the reference's drop above 0, the loss above 0).
 
 Labels: the four of LABELS and `mean`, the mean over the FIXED label set (the labels with a
 positive and a negative slice in the evaluated split); a replicate where one of them is
