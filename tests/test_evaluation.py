@@ -525,3 +525,25 @@ def test_evaluate_command_refuses_bad_arms_and_rules_in_one_line(runs, tiny_stor
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], result.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_explicit_mixed_arm_compares_eval_only_and_keeps_every_run_mode_in_results(results, runs, tiny_store, tmp_path):
+    """An explicit arm of a batch-norm and a layer-norm run has eval only (the modes all its runs
+    have); results.csv still holds the batch run's adaptations, and the same predictions give the
+    same per-run rows as the shared evaluation."""
+    original, _ = results
+    out = tmp_path / "results"
+    summary = evaluate([], tiny_store, out, arms={"mixed": [runs["batch"], runs["layer"]], "twin": [runs["twin"]]},
+                       reference_arm="twin", **{**SETTINGS, "artifacts": ["noise"], "severities": [5]})
+    assert summary["arms"] == {"mixed": ["batch-seed0", "layer-seed0"], "twin": ["twin-seed0"]}
+    record = json.loads((out / "evaluation.json").read_text())
+    assert {a["name"]: a["bn_modes"] for a in record["arms"]} == {"mixed": ["eval"], "twin": list(MODES)}
+    assert {a["name"]: a["norm"] for a in record["arms"]} == {"mixed": "batch+layer", "twin": "batch"}
+    assert {r["bn_mode"] for r in read_csv(out / "arms.csv") if r["arm"] == "mixed"} == {"eval"}
+    key = lambda r: (r["run"], r["bn_mode"], r["artifact"], r["severity"], r["label"], r["metric"])
+    mine = {key(r): (r["value"], r["ci_low"], r["ci_high"]) for r in read_csv(out / "results.csv")}
+    theirs = {key(r): (r["value"], r["ci_low"], r["ci_high"]) for r in read_csv(original / "results.csv")}
+    assert {(k[0], k[1]) for k in mine} == {(run, mode) for run in ("batch-seed0", "twin-seed0") for mode in MODES} | \
+        {("layer-seed0", "eval")}
+    assert len(mine) == 3 * 20 * 2 + 2 * 3 * 20 * 2  # runs x modes x (4 + mean labels x 4 metrics) x 2 cells
+    assert mine == {k: theirs[k] for k in mine}  # the same volume draws: the same per-run rows

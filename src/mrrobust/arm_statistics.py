@@ -140,7 +140,7 @@ class ArmStatistics:
 
     def __init__(self, targets, volumes, arms: list[ArmRuns], run_info: dict[str, tuple[str, int]],
                  *, reference: str | None, replicates: int, resample_volumes: bool, seed: int,
-                 level: float):
+                 level: float, run_modes: dict[str, list[str]] | None = None):
         self.targets = np.asarray(targets).astype(bool)
         self.arms, self.run_info, self.reference, self.level = arms, run_info, reference, level
         self.resample_volumes = resample_volumes
@@ -165,6 +165,10 @@ class ArmStatistics:
             scale = math.sqrt(k / (k - 1)) if k > 1 else 1.0
             weights = 1.0 / k + scale * (drawn / k - 1.0 / k)
             self.seed_weights[arm.name] = np.vstack([np.full((1, k), 1.0 / k), weights])  # (R, k)
+        # bn_modes of a run beyond its arm's (a mixed explicit arm): results.csv rows only
+        self.extra_modes = {run: [m for m in modes if m not in arm.modes]
+                            for arm in arms for run in arm.runs
+                            for modes in [(run_modes or {}).get(run, arm.modes)]}
         self.arm_rows, self.comparison_rows, self.run_rows = [], [], []
         self._p_rows = []  # (row, family key)
         self.dropped = {}
@@ -199,6 +203,10 @@ class ArmStatistics:
                     metric: np.clip(np.einsum("rk,krc->rc", weights,
                                               np.stack([v[metric] for v in per_run])), 0.0, 1.0)
                     for metric in CELL_METRICS}
+            for run in arm.runs:
+                for mode in self.extra_modes[run]:
+                    self._write_run_rows(run, mode, artifact, severity, self._run_cell(
+                        scores(run, mode, artifact, severity), thresholds(run, mode, artifact, severity)))
         return values
 
     def _write_run_rows(self, run, mode, artifact, severity, run_values) -> None:

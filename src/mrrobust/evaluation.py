@@ -664,7 +664,7 @@ def _write_tables(out: Path, runs: list[Run], arms: list, reference: str | None,
         dataset.targets, np.array([row["volume"] for row in dataset.rows]), arm_runs,
         {run.name: (run.norm, run.seed) for run in runs}, reference=reference,
         replicates=bootstrap or SEED_ONLY_REPLICATES, resample_volumes=bootstrap > 0, seed=seed,
-        level=level)
+        level=level, run_modes={run.name: list(run.modes) for run in runs})
     statistics.compute(artifacts, severities, _load_scores(out),
                        lambda run, mode, artifact, severity: thresholds[(run, mode, artifact, severity)])
     order = {(run.name, mode): i for i, (run, mode) in
