@@ -10,9 +10,8 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from mrrobust.data.annotations import LABELS
-from mrrobust.metrics import (METRICS, auc, cell_metrics, cluster_weights, corruption_errors, delong,
-                              paired_difference, threshold_metrics, weighted_auc,
+from mrrobust.metrics import (METRICS, auc, cluster_weights, corruption_errors, delong,
+                              threshold_metrics, weighted_auc,
                               weighted_threshold_metrics)
 
 
@@ -149,144 +148,6 @@ def test_cluster_weights_reject_bad_input():
 
 
 # ---- cell metrics -------------------------------------------------------------------------
-
-
-def brute_cell(targets, scores, thresholds, weights, level):
-    """Per resample: sklearn AUC with sample_weight and brute-force threshold metrics on the
-    duplicated rows; "mean" = the mean over the labels defined on the full data (NaN in a
-    resample where one of them is undefined); np.percentile over the finite resamples."""
-    resamples = {}
-    for b, row in enumerate(weights.astype(int)):
-        for k, label in enumerate(LABELS):
-            t, s = np.repeat(targets[:, k], row), np.repeat(scores[:, k], row)
-            values = {"auc": roc_auc_score(t, s) if 0 < t.sum() < t.size else math.nan,
-                      **brute_threshold_metrics(t, s, thresholds[k])}
-            for metric, value in values.items():
-                resamples.setdefault((label, metric), []).append(value)
-    for metric in METRICS:
-        full = {label: (roc_auc_score(targets[:, k], scores[:, k]) if 0 < targets[:, k].sum() < len(targets) else math.nan)
-                if metric == "auc" else brute_threshold_metrics(targets[:, k], scores[:, k], thresholds[k])[metric]
-                for k, label in enumerate(LABELS)}
-        defined = [label for label in LABELS if math.isfinite(full[label])]
-        stacked = np.array([resamples[(label, metric)] for label in defined])
-        resamples[("mean", metric)] = stacked.mean(axis=0) if defined else np.full(len(weights), math.nan)
-    intervals = {}
-    for key, values in resamples.items():
-        values = np.asarray(values)
-        finite = values[np.isfinite(values)]
-        intervals[key] = (tuple(np.percentile(finite, [50 * (1 - level), 50 * (1 + level)]))
-                          if 2 * finite.size >= values.size else (math.nan, math.nan))
-    return intervals
-
-
-def cell_case(seed=0, n=48):
-    rng = np.random.default_rng(seed)
-    targets = (rng.random((n, 4)) < [0.4, 0.3, 0.08, 0.5]).astype(np.uint8)  # acl rare
-    scores = np.round(rng.random((n, 4)) + 0.3 * targets, 2)
-    groups = np.repeat(np.arange(n // 4), 4)
-    return targets, scores, groups
-
-
-def test_cell_metrics_values_and_intervals_match_a_loop_over_resamples():
-    targets, scores, groups = cell_case()
-    thresholds = np.array([0.6, 0.5, math.nan, 0.7])  # cartilage ... acl without an operating point
-    weights = cluster_weights(groups, 60, seed=1)
-    rows = cell_metrics(targets, scores, thresholds, weights, level=0.9)
-    assert [(r["label"], r["metric"]) for r in rows] == [(label, metric) for label in (*LABELS, "mean")
-                                                        for metric in METRICS]
-    values = {(r["label"], r["metric"]): r["value"] for r in rows}
-    for k, label in enumerate(LABELS):
-        expected = {"auc": roc_auc_score(targets[:, k], scores[:, k]),
-                    **brute_threshold_metrics(targets[:, k], scores[:, k], thresholds[k])}
-        assert_same({m: values[(label, m)] for m in METRICS}, expected)
-    for metric in METRICS:
-        defined = [values[(label, metric)] for label in LABELS if math.isfinite(values[(label, metric)])]
-        assert values[("mean", metric)] == pytest.approx(np.mean(defined))
-    intervals = brute_cell(targets, scores, thresholds, weights, 0.9)
-    for r in rows:
-        assert (r["ci_low"], r["ci_high"]) == pytest.approx(intervals[(r["label"], r["metric"])], nan_ok=True)
-    by_key = {(r["label"], r["metric"]): r for r in rows}
-    assert math.isnan(by_key[("acl", "sensitivity")]["ci_low"])  # NaN threshold
-    assert by_key[("acl", "auc")]["ci_low"] <= by_key[("acl", "auc")]["ci_high"]
-
-
-def test_cell_metrics_without_weights_and_with_mostly_undefined_resamples():
-    targets, scores, _ = cell_case(1, n=8)
-    targets[:, 2] = [1, 0, 0, 0, 0, 0, 0, 0]  # acl: one positive, in the first slice only
-    rows = cell_metrics(targets, scores, [0.5] * 4)
-    assert all(math.isnan(r["ci_low"]) and math.isnan(r["ci_high"]) for r in rows)
-    assert all(math.isfinite(r["value"]) for r in rows if r["label"] == "acl")
-    for resamples, lost, defined in [(4, 2, True), (5, 3, False)]:  # half finite: still an interval
-        weights = np.ones((resamples, 8))
-        weights[:lost, 0] = 0  # these resamples lose the positive
-        by_key = {(r["label"], r["metric"]): r for r in cell_metrics(targets, scores, [0.5] * 4, weights)}
-        for metric in ("auc", "sensitivity", "balanced_accuracy"):
-            assert math.isfinite(by_key[("acl", metric)]["ci_low"]) == defined
-            assert math.isfinite(by_key[("acl", metric)]["ci_high"]) == defined
-        assert math.isfinite(by_key[("acl", "specificity")]["ci_low"])
-        # acl is defined on the full data, so the mean needs it in every resample: same rule as acl's own
-        assert math.isfinite(by_key[("mean", "auc")]["ci_low"]) == defined
-
-
-def test_cell_metrics_one_class_everywhere_is_nan_not_a_crash():
-    rows = cell_metrics(np.zeros((6, 4)), np.full((6, 4), 0.4), [0.5] * 4, np.ones((3, 6)))
-    assert all(math.isnan(r["value"]) for r in rows if r["metric"] in ("auc", "sensitivity"))
-    assert all(r["value"] == 1.0 for r in rows if r["metric"] == "specificity")
-
-
-@pytest.mark.parametrize("call", [
-    lambda: cell_metrics(np.zeros((6, 3)), np.zeros((6, 3)), [0.5] * 3),
-    lambda: cell_metrics(np.zeros((6, 4)), np.zeros((6, 4)), [0.5] * 3),
-    lambda: cell_metrics(np.zeros((6, 4)), np.zeros((6, 4)), [0.5] * 4, np.ones((2, 5))),
-    lambda: cell_metrics(np.zeros((6, 4)), np.zeros((6, 4)), [0.5] * 4, level=1.0),
-    lambda: paired_difference(np.zeros((6, 4)), np.zeros((6, 4)), np.zeros((5, 4)), np.ones((2, 6))),
-])
-def test_cell_and_paired_reject_wrong_shapes(call):
-    with pytest.raises(ValueError):
-        call()
-
-
-# ---- paired bootstrap ---------------------------------------------------------------------
-
-
-def test_paired_difference_by_hand():
-    """Two volumes (slices 0-1, 2-3), four hand-made resamples. abnormal: AUC a 0.5, b 1.0;
-    resampled differences 0, 1, 0.5, 0.5. mtear: a 1/3, b 1; resampled 1, NaN (no positive),
-    2/3, 2/3. acl and cartilage: no positives (NaN)."""
-    targets = np.zeros((4, 4))
-    targets[:, 0], targets[:, 1] = [1, 0, 1, 0], [1, 0, 0, 0]
-    scores_a, scores_b = np.full((4, 4), 0.5), np.full((4, 4), 0.5)
-    scores_a[:, 0], scores_b[:, 0] = [0.9, 0.8, 0.3, 0.4], [0.9, 0.1, 0.7, 0.2]
-    scores_a[:, 1], scores_b[:, 1] = [0.2, 0.6, 0.5, 0.1], [0.8, 0.6, 0.5, 0.1]
-    weights = np.array([[2, 2, 0, 0], [0, 0, 2, 2], [1, 1, 1, 1], [1, 1, 1, 1]], float)
-    rows = {r["label"]: r for r in paired_difference(targets, scores_a, scores_b, weights, level=0.5)}
-    assert list(rows) == [*LABELS, "mean"] and all(r["metric"] == "auc" for r in rows.values())
-    expected = {  # difference, 25th and 75th percentile (linear interpolation), p
-        "abnormal": (0.5, 0.375, 0.625, 0.5),     # one of 4 resamples <= 0, doubled
-        "mtear": (2 / 3, 2 / 3, 5 / 6, 1 / 3),    # none of 3 finite: floored at 1/3
-        "mean": (7 / 12, 13 / 24, 7 / 12, 1 / 3),  # resampled means 1/2, NaN (mtear lost), 7/12, 7/12
-    }
-    for label, (difference, low, high, p) in expected.items():
-        row = rows[label]
-        assert (row["difference"], row["ci_low"], row["ci_high"], row["p_value"]) == pytest.approx(
-            (difference, low, high, p)), label
-    for label in ("acl", "cartilage"):
-        assert all(math.isnan(rows[label][key]) for key in ("difference", "ci_low", "ci_high", "p_value"))
-
-
-def test_paired_difference_of_a_model_with_itself_and_with_a_reversed_model():
-    rng = np.random.default_rng(2)
-    targets = np.tile([[1, 0, 1, 0], [0, 1, 0, 1]], (10, 1))  # every volume holds both classes
-    scores = targets + rng.random((20, 4))  # separates the classes: AUC 1 in every resample
-    weights = cluster_weights(np.repeat(np.arange(10), 2), 100, seed=0)
-    for row in paired_difference(targets, scores, scores, weights):
-        assert (row["difference"], row["ci_low"], row["ci_high"], row["p_value"]) == (0, 0, 0, 1)
-    for row in paired_difference(targets, scores, -scores, weights):  # AUC 0: every resample -1
-        assert (row["difference"], row["ci_low"], row["ci_high"]) == (-1, -1, -1)
-        assert row["p_value"] == pytest.approx(1 / 100)  # no resample on the other side: 1/B
-
-
-# ---- DeLong -------------------------------------------------------------------------------
 
 
 def brute_delong(targets, scores_a, scores_b) -> dict:

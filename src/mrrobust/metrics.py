@@ -71,14 +71,15 @@ def operating_point(targets, scores, min_sensitivity: float = MIN_SENSITIVITY,
     return result
 
 
-# ---- evaluation: thresholds, cluster bootstrap, paired tests, corruption errors ---------------
+# ---- thresholds, slice-weight bootstrap, DeLong, corruption errors ---------------------------
 #
 # A bootstrap resample is a row of non-negative weights `(N,)` (how often each slice was drawn);
 # `weights` `(B, N)` holds B of them. Every weighted metric equals the plain metric on the data
 # with each slice repeated `weight` times, so integer weights are exactly row duplication.
+# (evaluate's tables use the per-volume form of the same resamples, `mrrobust.resampling`,
+# and the two-level bootstrap of `mrrobust.arm_statistics`.)
 
 METRICS = ("auc", "sensitivity", "specificity", "balanced_accuracy")
-MEAN_LABEL = "mean"
 DEGRADATION_BASE = 2.0 / 3.0  # ROOD-MRI: severity s weighs a**s
 
 
@@ -98,21 +99,6 @@ def _resample_weights(weights, n: int) -> np.ndarray:
     return weights
 
 
-def _labelled(targets, scores, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
-    from mrrobust.data.annotations import LABELS
-
-    targets, scores = np.asarray(targets), np.asarray(scores, dtype=np.float64)
-    if targets.ndim != 2 or targets.shape[1] != len(LABELS) or scores.shape != targets.shape:
-        raise ValueError(f"targets {targets.shape} and {name} {scores.shape} must both be (N, {len(LABELS)})")
-    return targets, scores
-
-
-def _check_level(level: float) -> float:
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level {level} must lie strictly between 0 and 1")
-    return float(level)
-
-
 def _divide(numerator, denominator) -> np.ndarray:
     """`numerator / denominator`, NaN where the denominator is 0 (no warning)."""
     numerator, denominator = np.broadcast_arrays(np.asarray(numerator, np.float64),
@@ -127,34 +113,6 @@ def _nanmean(values, axis=None):
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
     return _divide(np.where(finite, values, 0.0).sum(axis=axis), finite.sum(axis=axis))
-
-
-def _finite_resamples(resamples: np.ndarray) -> np.ndarray | None:
-    """The finite resamples of `(B,)`; None when fewer than half of them are finite."""
-    finite = resamples[np.isfinite(resamples)]
-    return None if finite.size == 0 or 2 * finite.size < resamples.size else finite
-
-
-def _percentile_interval(resamples: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval of the finite resamples `(B,)`; NaN when fewer than half are finite."""
-    finite = _finite_resamples(resamples)
-    if finite is None:
-        return math.nan, math.nan
-    low, high = np.percentile(finite, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
-    return float(low), float(high)
-
-
-def _bootstrap_p(difference: float, resamples: np.ndarray) -> float:
-    """Two-sided paired-bootstrap p: the share of finite resamples on the other side of 0 from
-    `difference` (0 included), doubled, floored at 1 / (finite resamples), at most 1. NaN when
-    `difference` is NaN or fewer than half the resamples are finite; 1 when `difference` is 0."""
-    finite = _finite_resamples(resamples)
-    if not math.isfinite(difference) or finite is None:
-        return math.nan
-    if difference == 0:
-        return 1.0
-    other_side = (finite <= 0) if difference > 0 else (finite >= 0)
-    return float(min(1.0, max(2.0 * other_side.mean(), 1.0 / finite.size)))
 
 
 AUC_BLOCK = 64  # resamples per block of `_weighted_auc`: its temporaries stay in cache
@@ -243,94 +201,6 @@ def cluster_weights(groups, n_boot: int, seed: int) -> np.ndarray:
 
     counts, group_of_row = volume_counts(groups, n_boot, seed)
     return np.take(counts, group_of_row, axis=1)
-
-
-def _per_label(targets: np.ndarray, scores: np.ndarray, thresholds, weights) -> tuple[dict, dict]:
-    """Point values `{label: {metric: float}}` and resamples `{label: {metric: (B,)}}` (empty
-    without weights), "mean" included: the mean over the labels where defined."""
-    from mrrobust.data.annotations import LABELS
-
-    values, resamples = {}, {}
-    for k, label in enumerate(LABELS):
-        target, score = targets[:, k].astype(bool), scores[:, k]
-        values[label] = {"auc": auc(target, score), **threshold_metrics(target, score, thresholds[k])}
-        if weights is not None:
-            resamples[label] = {"auc": _weighted_auc(target, score, weights),
-                                **_weighted_threshold_metrics(target, score, float(thresholds[k]), weights)}
-    values[MEAN_LABEL] = {metric: float(_nanmean([values[label][metric] for label in LABELS]))
-                          for metric in METRICS}
-    if weights is not None:
-        resamples[MEAN_LABEL] = {metric: _resampled_mean({label: values[label][metric] for label in LABELS},
-                                                         {label: resamples[label][metric] for label in LABELS})
-                                 for metric in METRICS}
-    return values, resamples
-
-
-def _resampled_mean(values: dict, resamples: dict) -> np.ndarray:
-    """The "mean" label per resample `(B,)`: the mean over the labels defined on the full data
-    (the point estimate's labels); NaN in a resample where one of them is undefined, so every
-    finite resample estimates the same quantity as the point value."""
-    defined = [label for label, value in values.items() if np.isfinite(value)]
-    if not defined:
-        return np.full(len(next(iter(resamples.values()))), np.nan)
-    return np.mean([resamples[label] for label in defined], axis=0)
-
-
-def cell_metrics(targets, scores, thresholds, weights=None, level: float = 0.95) -> list[dict]:
-    """One evaluation cell: rows `{label, metric, value, ci_low, ci_high}` for every label in
-    LABELS then "mean" (the mean over the labels where the metric is defined), and every metric
-    in METRICS. targets and scores `(N, 4)`, thresholds `(4,)` (NaN: threshold metrics NaN),
-    weights `(B, N)` from `cluster_weights` or None. `value` is on the unweighted data; the CI is
-    the `level` percentile interval of the finite resamples (NaN without weights or when fewer
-    than half the resamples are finite)."""
-    targets, scores = _labelled(targets, scores)
-    if not np.isfinite(scores).all():
-        raise ValueError(f"scores hold {int((~np.isfinite(scores)).sum())} non-finite values")
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    if thresholds.shape != (targets.shape[1],):
-        raise ValueError(f"thresholds {thresholds.shape} must be ({targets.shape[1]},)")
-    level = _check_level(level)
-    if weights is not None:
-        weights = _resample_weights(weights, targets.shape[0])
-    values, resamples = _per_label(targets, scores, thresholds, weights)
-    rows = []
-    for label, metrics in values.items():
-        for metric in METRICS:
-            low, high = (_percentile_interval(resamples[label][metric], level) if resamples
-                         else (math.nan, math.nan))
-            rows.append({"label": label, "metric": metric, "value": metrics[metric],
-                         "ci_low": low, "ci_high": high})
-    return rows
-
-
-def paired_difference(targets, scores_a, scores_b, weights, level: float = 0.95) -> list[dict]:
-    """Paired bootstrap of the AUC difference of two models on the same slices: rows `{label,
-    metric: "auc", difference (b - a), ci_low, ci_high, p_value}` per label and "mean".
-    targets and scores `(N, 4)`, weights `(B, N)` (the same resamples for both models). The CI is
-    the percentile interval of the resampled differences; p is two-sided: the share of finite
-    resamples on the other side of 0 (0 included), doubled, floored at 1 / (finite resamples,
-    B when all are finite), at most 1; CI and p are NaN when fewer than half are finite."""
-    from mrrobust.data.annotations import LABELS
-
-    targets, scores_a = _labelled(targets, scores_a, "scores_a")
-    _, scores_b = _labelled(targets, scores_b, "scores_b")
-    if not (np.isfinite(scores_a).all() and np.isfinite(scores_b).all()):
-        raise ValueError("scores_a and scores_b must be finite")
-    weights, level = _resample_weights(weights, targets.shape[0]), _check_level(level)
-    differences, resampled = {}, {}
-    for k, label in enumerate(LABELS):
-        target = targets[:, k].astype(bool)
-        differences[label] = auc(target, scores_b[:, k]) - auc(target, scores_a[:, k])
-        resampled[label] = (_weighted_auc(target, scores_b[:, k], weights)
-                            - _weighted_auc(target, scores_a[:, k], weights))
-    resampled[MEAN_LABEL] = _resampled_mean(differences, resampled)
-    differences[MEAN_LABEL] = float(_nanmean(list(differences.values())))
-    rows = []
-    for label, difference in differences.items():
-        low, high = _percentile_interval(resampled[label], level)
-        rows.append({"label": label, "metric": "auc", "difference": difference, "ci_low": low,
-                     "ci_high": high, "p_value": _bootstrap_p(difference, resampled[label])})
-    return rows
 
 
 def delong(targets, scores_a, scores_b) -> dict[str, float]:
