@@ -178,6 +178,34 @@ def test_calibrate_a_model_without_all_labels(tmp_path, tiny_store):
     assert np.isnan(thresholds(folder)[LABELS.index("mtear")])
 
 
+def test_absent_labels_are_undefined_in_the_metrics_and_left_out_of_the_mean():
+    from sklearn.metrics import roc_auc_score
+
+    from mrrobust.metrics import cell_metrics, cluster_weights, paired_difference
+    from mrrobust.models.exported import mask_absent
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (60, 4))
+    scores = np.clip(targets * 0.3 + rng.random((60, 4)) * 0.7, 0, 1)
+    present = np.array([True, False, True, False])
+    scores[:, ~present] = np.nan
+    weights = cluster_weights(np.arange(60) // 3, 40, 0)
+    masked = mask_absent(targets, scores, np.full(4, 0.5), present)
+    rows = {(r["label"], r["metric"]): r for r in cell_metrics(*masked, weights)}
+    for label in ("mtear", "cartilage"):
+        assert all(np.isnan(rows[(label, m)]["value"]) and np.isnan(rows[(label, m)]["ci_low"])
+                   for m in ("auc", "sensitivity", "specificity", "balanced_accuracy"))
+    expected = [roc_auc_score(targets[:, k], scores[:, k]) for k in (0, 2)]
+    assert rows[("acl", "auc")]["value"] == pytest.approx(expected[1])
+    assert rows[("mean", "auc")]["value"] == pytest.approx(np.mean(expected))
+    assert np.isfinite(rows[("mean", "auc")]["ci_low"])
+    other = np.clip(scores + rng.normal(0, 0.1, scores.shape), 0, 1)
+    both, a, _ = mask_absent(targets, scores, np.full(4, 0.5), present)
+    _, b, _ = mask_absent(targets, other, np.full(4, 0.5), present)
+    differences = {r["label"]: r["difference"] for r in paired_difference(both, a, b, weights)}
+    assert np.isnan(differences["mtear"]) and np.isfinite(differences["mean"])
+
+
 @pytest.mark.parametrize("record, message", [
     ({"format": "other"}, "format is not"),
     ({"format": "mrrobust-model", "labels": ["acl", "knee"], "output": "logits",
