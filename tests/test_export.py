@@ -109,6 +109,30 @@ def test_export_gives_the_runs_logits_on_the_same_inputs(run, exported, tiny_sto
     assert entry["labels"] == list(LABELS) and entry["batch_norm"] is False
 
 
+def test_the_export_predicts_evaluates_corrupted_cells_like_the_run(run, exported, tiny_store,
+                                                                      tmp_path):
+    """evaluate's prediction files of the RUN, against the export on evaluate's own inputs."""
+    from torch.utils.data import DataLoader
+
+    from mrrobust.data.store import slice_seed
+    from mrrobust.evaluation import evaluate, model_inputs, prediction_path
+
+    out = tmp_path / "results"
+    evaluate([run], tiny_store, out, artifacts=["noise", "motion"], severities=[4], split="val",
+             bn_modes=["eval"], batch_size=16, bootstrap=0, device="cpu", progress=False)
+    dataset = SliceDataset(tiny_store, "val", kind="complex")
+    model, _ = load_model(exported, store_scale=dataset.scale)
+    for artifact, severity in (("clean", 0), ("noise", 4), ("motion", 4)):
+        predicted = []
+        for images, _, ids in DataLoader(dataset, batch_size=16, collate_fn=collate_slices):
+            seeds = torch.tensor([slice_seed(i, 0) for i in ids], dtype=torch.int64)
+            with torch.inference_mode():
+                x = model_inputs(images, seeds, artifact, severity, "mrrobust")
+                predicted.append(positive_probability(model(x)))
+        saved = np.load(prediction_path(out, run.name, "eval", artifact, severity))
+        np.testing.assert_allclose(torch.cat(predicted).numpy(), saved, rtol=1e-5, atol=1e-6)
+
+
 def test_calibrate_reproduces_the_thresholds_training_chose(run, exported, tiny_store, tmp_path):
     model = tmp_path / "copy"
     model.mkdir()
