@@ -101,6 +101,8 @@ def test_export_gives_the_runs_logits_on_the_same_inputs(run, exported, tiny_sto
                                        rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(positive_probability(model(x)),
                                        positive_probability(expected), rtol=1e-5, atol=1e-6)
+        one = positive_probability(model(x[:1]))  # a last batch of one slice
+        torch.testing.assert_close(one, positive_probability(net(x[:1])), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(thresholds(exported), np.array(
         [json.loads((run / OPERATING_POINTS_FILE).read_text())["labels"][l]["threshold"]
          for l in LABELS], dtype=np.float64))

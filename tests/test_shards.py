@@ -133,10 +133,15 @@ def test_merge_refusals_name_the_problem(whole, tmp_path):
     with pytest.raises(MrRobustError, match=r"\[2, 3\] shards"):
         check_shards(shards[:1] + cut(out, tmp_path / "c", 2))
     settings = json.loads((out / SETTINGS_FILE).read_text())
+    assert settings["runs"][0]["batch_norm"] and settings["bn_modes"] == ["eval", "adapt"]
     first = (1, settings["runs"][0]["name"], "clean", 0)
     unfinished = cut(out, tmp_path / "d", 3, skip={first})
-    with pytest.raises(MrRobustError, match=r"shard 1/3 .* has not finished 1 cell"):
-        check_shards(unfinished)
+    with pytest.raises(MrRobustError, match=r"shard 1/3 .* has not finished 2 cell"):
+        check_shards(unfinished)  # the batch-norm run's eval and adapt files of that cell
+    no_adapt = cut(out, tmp_path / "e", 3)
+    next((no_adapt[2] / PREDICTIONS).rglob("adapt/*.npy")).unlink()
+    with pytest.raises(MrRobustError, match=r"shard 3/3 .* has not finished 1 cell.* adapt "):
+        check_shards(no_adapt)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

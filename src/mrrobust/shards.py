@@ -133,11 +133,16 @@ def _grid(settings: dict) -> tuple[list[str], list[tuple[str, int]]]:
     return runs, grid_cells(list(settings["artifacts"]), [int(s) for s in settings["severities"]])
 
 
-def _unfinished(folder: Path, cells: list[tuple[str, str, int]]) -> list[str]:
+def _unfinished(folder: Path, cells: list[tuple[str, str, int]], settings: dict) -> list[str]:
+    """The cells of `folder` lacking a prediction file of one of their run's bn_modes
+    (every mode for batch-norm runs, eval for the others)."""
     from mrrobust.evaluation import prediction_path
 
-    return [f"{run} {artifact}-{severity}" for run, artifact, severity in cells
-            if not prediction_path(folder, run, "eval", artifact, severity).is_file()]
+    modes = {run["name"]: (settings.get("bn_modes") or ["eval"]) if run.get("batch_norm")
+             else ["eval"] for run in settings["runs"]}
+    return [f"{run} {mode} {artifact}-{severity}" for run, artifact, severity in cells
+            for mode in modes[run]
+            if not prediction_path(folder, run, mode, artifact, severity).is_file()]
 
 
 def check_shards(folders) -> ShardSet:
@@ -173,7 +178,7 @@ def check_shards(folders) -> ShardSet:
     runs, grid = _grid(records[0])
     ordered = [seen[i] for i in range(1, count + 1)]
     for index, folder in enumerate(ordered, start=1):
-        unfinished = _unfinished(folder, shard_cells(runs, grid, Shard(index, count)))
+        unfinished = _unfinished(folder, shard_cells(runs, grid, Shard(index, count)), records[0])
         if unfinished:
             raise MrRobustError(f"shard {index}/{count} ({folder}) has not finished "
                                 f"{len(unfinished)} cell(s) ({', '.join(unfinished[:3])}); re-run "

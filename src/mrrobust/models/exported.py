@@ -179,15 +179,16 @@ def _archive_names(path: Path) -> tuple[zipfile.ZipFile, str, list[str]]:
         raise _refuse(path, f"is a damaged zip archive ({err})", _EXPORT_FIX) from None
     roots = {name.split("/", 1)[0] for name in names}
     inner = [name.split("/", 1)[1] if "/" in name else "" for name in names]
-    if any(part in ("code", "constants.pkl") or part.startswith("code/") for part in inner):
-        raise _refuse(path, "is a TorchScript archive (torch.jit.save), not a torch.export "
-                            "program", _EXPORT_FIX)
-    if "data.pkl" in inner or "archive_format" not in inner:
-        raise _refuse(path, "is a torch.save archive (a pickle), not a torch.export program",
-                      _EXPORT_FIX)
-    if len(roots) != 1:
-        raise _refuse(path, f"has {len(roots)} root folders; a torch.export archive has one",
-                      _EXPORT_FIX)
+    why = None
+    if any(part == "constants.pkl" or part.startswith("code/") for part in inner):
+        why = "is a TorchScript archive (torch.jit.save), not a torch.export program"
+    elif "data.pkl" in inner or "archive_format" not in inner:
+        why = "is a torch.save archive (a pickle), not a torch.export program"
+    elif len(roots) != 1:
+        why = f"has {len(roots)} root folders; a torch.export archive has one"
+    if why:
+        archive.close()
+        raise _refuse(path, why, _EXPORT_FIX)
     return archive, roots.pop(), inner
 
 
