@@ -87,6 +87,11 @@ def test_missing_or_unconfigured_executors_and_bad_options(tmp_path, monkeypatch
         ClusterOptions("local", time=0).check()
     with pytest.raises(MrRobustError, match="--gpus-per-node -1"):
         ClusterOptions("slurm", gpus_per_node=-1).check()
+    import torch
+
+    too_many = torch.cuda.device_count() + 1
+    with pytest.raises(MrRobustError, match=f"= {2 * too_many} GPUs, this machine has"):
+        ClusterOptions("local", gpus_per_node=too_many, array_parallelism=2).check()
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -96,6 +101,17 @@ def test_missing_or_unconfigured_executors_and_bad_options(tmp_path, monkeypatch
     with pytest.raises(MrRobustError, match=r"needs submitit, which is not installed: pip install"):
         ClusterOptions("local", folder=tmp_path / "jobs").check()
     assert not (tmp_path / "jobs").exists()
+
+
+def test_local_jobs_at_once_get_their_own_gpus(tmp_path):
+    options = ClusterOptions("local", folder=tmp_path / "jobs", gpus_per_node=2)
+    stage = Stage("evaluate", [])
+    for slot, gpus in ((0, (0, 1)), (1, (2, 3))):  # the devices the controller makes visible
+        executor = make_executor(options, stage, slot)._executor
+        assert executor.parameters["visible_gpus"] == gpus
+        assert executor.parameters["gpus_per_node"] == 2
+    assert not make_executor(options, Stage("report", [], cpu_only=True))._executor.parameters.get(
+        "visible_gpus")
 
 
 def test_slurm_options_reach_the_job_script(tmp_path, monkeypatch):

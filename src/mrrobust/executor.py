@@ -76,10 +76,12 @@ class ClusterOptions:
         if self.executor == "local" and self.gpus_per_node:
             import torch
 
-            if torch.cuda.device_count() < self.gpus_per_node:
-                raise MrRobustError(f"--executor local --gpus-per-node {self.gpus_per_node}: "
-                                    f"this machine has {torch.cuda.device_count()} CUDA GPU(s); "
-                                    f"ask for fewer or use --executor slurm")
+            wanted = self.gpus_per_node * (self.array_parallelism or 1)
+            if torch.cuda.device_count() < wanted:
+                raise MrRobustError(f"--executor local: {self.array_parallelism or 1} job(s) at "
+                                    f"once x --gpus-per-node {self.gpus_per_node} = {wanted} "
+                                    f"GPUs, this machine has {torch.cuda.device_count()}; ask "
+                                    f"for fewer or use --executor slurm")
 
 
 @dataclass
@@ -114,8 +116,15 @@ def _submitit(kind: str):
                             f"pip install 'mrrobust[cluster]' (or pip install submitit)") from None
 
 
-def make_executor(options: ClusterOptions, stage: Stage):
-    """A submitit executor for `stage` with `options` (checked by `options.check()`)."""
+def _gpus(options: ClusterOptions, stage: Stage) -> int:
+    if stage.cpu_only:
+        return 0
+    return options.gpus_per_node if stage.gpus_per_node is None else stage.gpus_per_node
+
+
+def make_executor(options: ClusterOptions, stage: Stage, slot: int = 0):
+    """A submitit executor for `stage` with `options` (checked by `options.check()`). On
+    the local executor, concurrent job `slot` gets its own GPUs (slot * G .. slot * G + G-1)."""
     submitit = _submitit(options.executor)
     options.folder = Path(options.folder)
     options.folder.mkdir(parents=True, exist_ok=True)
@@ -123,8 +132,7 @@ def make_executor(options: ClusterOptions, stage: Stage):
         executor = submitit.AutoExecutor(folder=str(options.folder / "%j"), cluster=options.executor)
     except RuntimeError as err:  # e.g. no srun: `options.check()` says it first
         raise MrRobustError(f"--executor {options.executor}: {err}") from None
-    gpus = 0 if stage.cpu_only else (options.gpus_per_node if stage.gpus_per_node is None
-                                     else stage.gpus_per_node)
+    gpus = _gpus(options, stage)
     parameters = {"name": f"mrrobust-{stage.name}", "timeout_min": options.time,
                   "gpus_per_node": gpus, "tasks_per_node": stage.tasks_per_node,
                   "nodes": stage.nodes, "cpus_per_task": options.cpus_per_task,
@@ -138,6 +146,9 @@ def make_executor(options: ClusterOptions, stage: Stage):
             parameters["slurm_additional_parameters"] = dict(options.additional)
     try:
         executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
+        if options.executor == "local" and gpus:  # AutoExecutor does not pass this one on
+            executor._executor.update_parameters(
+                visible_gpus=tuple(range(slot * gpus, (slot + 1) * gpus)))
     except (NameError, ValueError, AssertionError) as err:  # submitit's refusals
         raise MrRobustError(f"--executor {options.executor}: {str(err).splitlines()[0]}") from None
     return executor
@@ -153,11 +164,22 @@ def _failure(stage: Stage, job: Job, submitted, err: Exception) -> MrRobustError
                          f"(log {log}); fix it and run the same command again to resume")
 
 
+def _submit(options: ClusterOptions, stage: Stage, jobs: list[Job]) -> list:
+    """Submit `jobs` of `stage`: on SLURM as one array; locally each with its own GPUs."""
+    if options.executor == "local":
+        return [make_executor(options, stage, slot).submit(job.fn) for slot, job in enumerate(jobs)]
+    executor = make_executor(options, stage)
+    with executor.batch():
+        return [executor.submit(job.fn) for job in jobs]
+
+
 def run_stages(stages: list[Stage], options: ClusterOptions,
                report: Callable[[str], None] | None = print) -> dict[str, list]:
     """Submit each stage's unfinished jobs as one array, wait for them, then the next
     stage. Returns {stage name: [result of each job, None for one done before]}. A failed
-    job stops the run with one line naming it and its log; nothing later is submitted."""
+    job stops the run with one line naming it and its log; nothing later is submitted.
+    The local executor runs `array_parallelism` jobs at a time (default 1), each on its
+    own GPUs; SLURM schedules the whole array (at most `array_parallelism` at once)."""
     options.check()
     results = {}
     for stage in stages:
@@ -165,20 +187,18 @@ def run_stages(stages: list[Stage], options: ClusterOptions,
         if report:
             report(f"{stage.name}: {len(pending)} job(s) to run, "
                    f"{len(stage.jobs) - len(pending)} finished before")
-        if not pending:
-            results[stage.name] = [None] * len(stage.jobs)
-            continue
-        executor = make_executor(options, stage)
-        with executor.batch():
-            submitted = [executor.submit(job.fn) for job in pending]
+        width = len(pending) if options.executor == "slurm" else options.array_parallelism or 1
         outcome = {}
-        for job, handle in zip(pending, submitted):
-            try:
-                outcome[job.name] = handle.result()
-            except Exception as err:  # submitit's FailedJobError / UncompletedJobError
-                for other in submitted:
-                    if not other.done():
-                        other.cancel(check=False)
-                raise _failure(stage, job, handle, err) from None
+        for start in range(0, len(pending), max(width, 1)):
+            wave = pending[start:start + width]
+            submitted = _submit(options, stage, wave)
+            for job, handle in zip(wave, submitted):
+                try:
+                    outcome[job.name] = handle.result()
+                except Exception as err:  # submitit's FailedJobError / UncompletedJobError
+                    for other in submitted:
+                        if not other.done():
+                            other.cancel(check=False)
+                    raise _failure(stage, job, handle, err) from None
         results[stage.name] = [outcome.get(job.name) for job in stage.jobs]
     return results

@@ -342,7 +342,8 @@ def _signature(program, path: Path, labels: int) -> tuple[int, int] | None:
 
 def load_program(path: Path, labels: int):
     """The checked `torch.export.ExportedProgram` in `path` (`check_archive`, then
-    `torch.export.load`, then operators and signature: `(B, 1, H, W)` -> `(B, labels)`)."""
+    `torch.export.load`, then operators and signature: `(B, 1, H, W)` -> `(B, labels)`)
+    and its fixed input size (H, W), or None when H and W are dynamic."""
     path = Path(path)
     if not path.is_file():
         raise MrRobustError(f"no {path.name} in {path.parent}: a MODEL folder holds "
@@ -355,8 +356,7 @@ def load_program(path: Path, labels: int):
                             f"{str(err).splitlines()[0] if str(err) else ''})",
                       f"export it with torch {torch.__version__.split('+')[0]}") from None
     _operators_only(program, path)
-    _signature(program, path, labels)
-    return program
+    return program, _signature(program, path, labels)
 
 
 class ExportedClassifier(nn.Module):
@@ -400,9 +400,8 @@ def load_model(folder: Path, map_location: str | torch.device = "cpu",
     STORE-scaled inputs of a STORE with scale `store_scale`, and its record."""
     folder = Path(folder)
     record = read_record(folder)
-    program = load_program(folder / PROGRAM_FILE, len(record.labels))
-    model = ExportedClassifier(program, record, store_scale,
-                               _signature(program, folder / PROGRAM_FILE, len(record.labels)))
+    program, input_size = load_program(folder / PROGRAM_FILE, len(record.labels))
+    model = ExportedClassifier(program, record, store_scale, input_size)
     return model.to(map_location).eval(), record
 
 
