@@ -373,6 +373,42 @@ def demo(
     print(f"results {summary['results']}\nreport {summary['report']}\ngallery {summary['gallery']}")
 
 
+# ---- any exported classifier: export, calibrate (issue 11) --------------------
+
+
+@command
+def export(
+    run: Path = typer.Argument(..., help="RUN folder written by `mrrobust train`."),
+    out: Path = typer.Option(..., "--out", help="MODEL folder to write (model.pt2, mrrobust-model.json, operating_points.json)."),
+    input_scale: str = typer.Option("run", help="run: the RUN's training scale as a number (the MODEL takes |x| / that scale on any STORE); store: the evaluated STORE's scale."),
+    force: bool = typer.Option(False, "--force", help="Replace the MODEL already in --out."),
+):
+    """Write a RUN as a MODEL folder: a torch.export program (B,1,H,W) -> (B,4) logits, its record and thresholds."""
+    from mrrobust.models.exported import export_run
+
+    result = export_run(run, out, input_scale=input_scale, force=force)
+    height, width = result["input_size"]
+    print(f"{result['out']}: {len(result['labels'])} labels ({', '.join(result['labels'])}), "
+          f"input (B, 1, {height}, {width}) / {result['input_scale']}")
+
+
+@command
+def calibrate(
+    model: Path = typer.Argument(..., help="MODEL folder (model.pt2 and mrrobust-model.json)."),
+    data: Path = typer.Option(..., "--data", help="STORE whose clean validation split sets the thresholds."),
+    split: str = typer.Option("val", help="STORE split to calibrate on."),
+    batch_size: int = typer.Option(64, help="Slices per batch."),
+    device: str = _option(_EVALUATION, "device"),
+    force: bool = typer.Option(False, "--force", help="Replace the MODEL's operating_points.json."),
+):
+    """Thresholds for a MODEL by the study's rule (sensitivity >= 0.9) on a clean STORE split: MODEL/operating_points.json."""
+    from mrrobust.calibration import calibrate as calibrate_model
+
+    result = calibrate_model(model, data, split=split, batch_size=batch_size, device=device, force=force)
+    thresholds = ", ".join(f"{label} {'n/a' if t is None else f'{t:.4g}'}" for label, t in result["labels"].items())
+    print(f"{result['out']}: thresholds on {result['slices']} {split} slices: {thresholds}")
+
+
 def main() -> None:
     """Console entry point: like `app()`, but a usage error (missing option, bad value)
     is one line on stderr and exit code 2 instead of a boxed message."""
