@@ -361,9 +361,14 @@ def benchmark(
     device: str = _option(_EVALUATION, "device"),
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
     reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
+    retrain: bool = typer.Option(False, "--retrain", help="Retrain the runs in --out made with other settings, and redo results/ and report/ made from other runs or settings (deletes that finished work)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (runs to train, cells to evaluate, what is finished) and a time estimate from throughput measured now; write nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
-    """train every norm x seed -> evaluate the artifact grid -> report, in one command (resumes)."""
+    """train every norm x seed -> evaluate the artifact grid -> report, in one command (resumes).
+
+    Before training anything it compares every setting with what --out already holds and
+    refuses differences (with their list) unless --retrain."""
     from mrrobust.benchmark import benchmark as run_benchmark
 
     train_options = dict(depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
@@ -372,12 +377,29 @@ def benchmark(
                          workers=workers, quiet=quiet)
     evaluate_options = dict(suite=suite, artifacts=_names(artifacts), severities=_integers(severities, "--severities"),
                             bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap)
-    result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
-                           evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet)
+    from mrrobust.benchmark import plan_lines
+
+    with contextlib.nullcontext() if dry_run else _lock(out, "benchmark"):
+        result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
+                               evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet,
+                               retrain=retrain, dry_run=dry_run)
+    if dry_run:
+        print("\n".join(plan_lines(result["plan"])))
+        return
     if not result:  # a DDP rank other than 0
         return
     _print_runs(result["runs"])
     print(f"report {result['report']['report']}")
+
+
+@command
+def verify(
+    path: Path = typer.Argument(..., help="A STORE, RUN or RESULTS folder."),
+):
+    """Full integrity pass: every contract of the folder, every checksum (STORE), weights against the config (RUN), every prediction file (RESULTS)."""
+    from mrrobust.contracts import verify as verify_folder
+
+    print(verify_folder(path))
 
 
 def _print_runs(runs: dict) -> None:
