@@ -246,15 +246,19 @@ class Skipped(Contract):
 
 
 class StoreManifest(Contract):
+    """What readers use is required (format, version, crop, scale); the record of how the
+    STORE was made is type-checked when present; `checksums` (written by `prepare` since
+    the integrity checks came) is checked against slices.csv and the volume files."""
+
     format: Literal["mrrobust-store"]
     version: Literal[1]
-    source: str
-    challenge: Literal["singlecoil", "multicoil"]
     crop: Annotated[int, Field(ge=1, le=MAX_CROP)]
     scale: Annotated[float, Field(gt=0)]
-    seed: Count
-    fractions: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
-    counts: Counts
+    source: Optional[str] = None
+    challenge: Optional[Literal["singlecoil", "multicoil"]] = None
+    seed: Optional[Count] = None
+    fractions: Optional[Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]] = None
+    counts: Optional[Counts] = None
     skipped: list[Skipped] = []
     warnings: list[str] = []
     checksums: Optional[Checksums] = None
@@ -314,8 +318,6 @@ def read_store_slices(store: Path | str, manifest: dict) -> list[dict]:
     for line, row in enumerate(rows, start=2):
         validate(SliceRow, row, path, PREPARE_FIX, where=f" line {line}")
     checksums = manifest.get("checksums")
-    if checksums and file_digest(path) != checksums["slices_csv"]:
-        raise MrRobustError(_edited(path))
     slices: dict[str, list[int]] = {}
     for row in rows:
         slices.setdefault(row["volume"], []).append(int(row["slice"]))
@@ -331,6 +333,8 @@ def read_store_slices(store: Path | str, manifest: dict) -> list[dict]:
         if sorted(indices) != list(range(count)):
             raise MrRobustError(f"{path}: volume {volume} lists slices {_shown(sorted(indices))}, its file holds "
                                 f"slices 0..{count - 1}; {PREPARE_FIX}")
+    if checksums and file_digest(path) != checksums["slices_csv"]:  # a well-formed edit
+        raise MrRobustError(_edited(path))
     return rows
 
 
