@@ -62,6 +62,8 @@ def build(config: dict) -> PreActResNet:
         raise MrRobustError(f"cannot build a model from {str(config)[:80]!r}: expected a mrrobust "
                             f"config with arch {MODEL_DEFAULTS['arch']!r}")
     spec = model_config(**section)
+    if isinstance(spec["norm"], str) and spec["norm"] not in NORMS:  # a flag (a file is checked when read)
+        raise MrRobustError(f"unknown norm {spec['norm']!r}; choose one of {', '.join(NORMS)}")
     validate(ModelSection, spec, "the model settings", "choose --depth 18 or 34, --width 1..1024 "
              "and a known --norm (a RUN's config.json: re-run `mrrobust train`)")
     count = parameter_count(spec["depth"], spec["width"], len(spec["labels"]), spec["in_channels"], spec["pool"])
