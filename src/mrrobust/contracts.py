@@ -408,11 +408,15 @@ class StoreSection(Contract):
 
 
 class RunConfig(Contract):
+    """The MODEL contract (format, version, model) and, in a RUN written by `train`, the
+    training and store sections (type-checked when present: `models.save` writes a model
+    without them)."""
+
     format: Literal["mrrobust-run"]
     version: Literal[1]
     model: ModelSection
-    training: TrainingSection
-    store: StoreSection
+    training: Optional[TrainingSection] = None
+    store: Optional[StoreSection] = None
 
 
 def read_run_config(run: Path | str) -> dict:

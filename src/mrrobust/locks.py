@@ -2,7 +2,7 @@
 
 `output_lock(folder, command)` holds `.<folder name>.lock` beside the folder (so the
 folder itself stays exactly what the command writes, and a folder that does not exist yet
-can be locked). The lock file holds the owner's pid, host, command and start time (JSON);
+can be locked; parent folders it had to create are removed again when still empty). The lock file holds the owner's pid, host, command and start time (JSON);
 the exclusion itself is an `fcntl.flock` on it, which the kernel drops when the owner dies,
 so a lock left by a SIGKILLed process is stale by construction and the next command takes it
 over (there is no window in which two takers both succeed: the kernel arbitrates). After
@@ -61,10 +61,15 @@ def output_lock(folder: Path | str, command: str):
         yield None
         return
     path = lock_path(folder)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise MrRobustError(f"cannot create {path.parent} ({err.strerror or err}); choose a writable --out") from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.close(fd)
+    except OSError:  # an unwritable place: nobody can write there, the command says why
+        _remove_empty(created)
+        yield None
+        return
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,6 +79,7 @@ def output_lock(folder: Path | str, command: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
+            _remove_empty(created)
             raise MrRobustError(f"{folder} is being written by {_describe(lock_owner(folder))}; wait for it "
                                 f"to finish (or stop it) and run this command again") from None
         try:
@@ -101,3 +107,13 @@ def output_lock(folder: Path | str, command: str):
         with contextlib.suppress(OSError):
             path.unlink()  # before the flock goes: a waiting taker then sees another inode
         os.close(fd)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the parent folders the lock created, deepest first, while they are empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return

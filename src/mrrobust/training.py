@@ -484,8 +484,9 @@ def _check_splits(data: Path, train_set, val_set, rank: int, validated: int) -> 
 def _changed_settings(old: dict, new: dict) -> list[str]:
     changes = []
     for section in ("model", "training", "store"):
-        for key in sorted(set(old.get(section, {})) | set(new[section])):
-            before, after = old.get(section, {}).get(key), new[section].get(key)
+        previous = old.get(section) or {}  # a model-only config has no training/store section
+        for key in sorted(set(previous) | set(new[section])):
+            before, after = previous.get(key), new[section].get(key)
             if before != after and key not in RESUMABLE_CHANGES and key != "path":
                 changes.append(f"{key} {before!r} -> {after!r}")
     return changes
@@ -647,7 +648,8 @@ def run_status(out: Path, config: dict) -> dict:
     if not checkpoint.is_file():
         return {"state": "restart", "epochs": 0, "changes": []}
     saved = _read_run_state(checkpoint)
-    before, after = old["training"]["max_epochs"], config["training"]["max_epochs"]
+    after = config["training"]["max_epochs"]
+    before = (old.get("training") or {}).get("max_epochs", after)
     done_before = saved["stopped_early"] or saved["epochs"] >= before
     if done_before and not saved["stopped_early"] and after > before:
         return {"state": "differs", "epochs": saved["epochs"],
