@@ -55,7 +55,7 @@ def test_the_prepared_store_passes_and_records_every_volume(tiny_store):
         # independent digest: hashlib over the raw data bytes
         import hashlib
 
-        assert record["blake2b"] == hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
+        assert record["sha256"] == hashlib.sha256(array.tobytes()).hexdigest()
     assert "STORE intact" in contracts.verify(tiny_store)
 
 

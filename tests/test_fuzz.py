@@ -98,11 +98,11 @@ def store_cases(rng: random.Random, volumes: list[str]):
         "seed": ["0", -1, 1.5], "fractions": ["x", [1.0], [0.5, 0.5, 0.5, 0.5], [2, -1, 0]],
         "counts": ["x", {"volumes": -1}], "challenge": [1, "mono"], "source": [1, ["x"]],
         "skipped": ["x", [1]], "warnings": [1, [2]], "checksums": ["x", 1, {}],
-        "checksums.algorithm": ["md5", DROP], "checksums.slices_csv": ["0" * 32, "x", DROP, 1],
+        "checksums.algorithm": ["md5", DROP], "checksums.slices_csv": ["0" * 64, "x", DROP, 1],
         "checksums.volumes": [{}, "x"],
         f"checksums.volumes.{volumes[0]}.shape": [[12, 64], [11, 64, 64], ["12", 64, 64], DROP],
         f"checksums.volumes.{volumes[0]}.dtype": ["float32", DROP, 1],
-        f"checksums.volumes.{volumes[0]}.blake2b": ["zz", DROP],
+        f"checksums.volumes.{volumes[0]}.sha256": ["zz", "0" * 64, DROP],
     }.items():
         for value in values:
             cases.append((f"manifest {key} {'dropped' if value is DROP else repr(value)}", manifest(key, value), every))
@@ -166,9 +166,9 @@ def run_cases(rng: random.Random):
         "model.width": [DROP, 10**6, 0, "4", 4.0, None], "model.depth": [50, "18", DROP],
         "model.norm": ["foo", 3, DROP], "model.groups": [0, "4"], "model.labels": [["acl"], "x"],
         "model.arch": ["vit", DROP], "model.pool": [0, 10**6], "model.in_channels": [0, "1"],
-        "training": ["x", []], "training.seed": ["0", -1, None], "training.lr": ["fast", 0, DROP],
+        "training": ["x", []], "training.seed": ["0", -1, None], "training.lr": ["fast", 0, None],
         "training.batch_size": [0, "32"], "training.precision": ["64"], "training.accelerator": ["tpu"],
-        "store": ["elsewhere", 1], "store.scale": [0, "1", DROP], "store.crop": [0, "64"],
+        "store": ["elsewhere", 1], "store.scale": [0, "1", None], "store.crop": [0, "64"],
     }.items():
         for value in values:
             cases.append((f"config.json {key} {'dropped' if value is DROP else repr(value)}", config(key, value), both))

@@ -131,3 +131,24 @@ def test_real_sigint_in_train_and_evaluate(tiny_store, tmp_path):
     if process.returncode == 0:
         pytest.skip("evaluate finished before the signal arrived")
     assert (process.returncode, err) == (130, f"mrrobust evaluate: {LINE}\n")
+
+
+def test_real_sigint_in_prepare_with_two_workers(synth_root, tiny_store, tmp_path):
+    """SIGINT to the whole process group (as a terminal sends it): the pool workers stay
+    silent, the parent prints one line; the same command then finishes the same STORE."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "store"
+    command = [sys.executable, "-m", "mrrobust.cli", "prepare", "--fastmri", str(synth_root / "knee"),
+               "--annotations", str(synth_root / "annotations"), "--out", str(out), "--crop", "64",
+               "--workers", "2", "--no-progress"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    assert wait_for("volumes/*.npy", out, process)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("prepare finished before the signal arrived")
+    assert (process.returncode, err) == (130, f"mrrobust prepare: {LINE}\n")
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert same_tree(out, tiny_store)

@@ -53,8 +53,7 @@ def _held_warnings():
     logger = logging.getLogger("mrrobust")
     propagate, logger.propagate = logger.propagate, False
     logger.addHandler(held)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
+    with warnings.catch_warnings(record=True) as caught:  # the filters stay as they are
         try:
             yield held.messages
         finally:

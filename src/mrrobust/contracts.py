@@ -36,7 +36,7 @@ STORE_FORMAT, STORE_VERSION = "mrrobust-store", 1
 RUN_FORMAT, RUN_VERSION = "mrrobust-run", 1
 RESULTS_FORMAT, RESULTS_VERSION = "mrrobust-results", 1
 SPLITS = ("train", "val", "test")
-CHECKSUM = "blake2b-128"  # of a volume's array data in C order; of slices.csv's bytes
+CHECKSUM = "sha256"  # of a volume's array data in C order; of slices.csv's bytes (SHA-NI: ~2x blake2b here)
 VOLUME_DTYPE = "complex64"
 
 # Sane bounds (fastMRI's largest knee and brain volumes: 64 slices, 20 coils, 768x396 k-space;
@@ -149,9 +149,10 @@ def check_fits(nbytes: int, what: str, fix: str, share: int = 1) -> None:
                             f"{free / 2**30 / max(share, 1):.1f} GiB available{' per worker' if share > 1 else ''}; {fix}")
 
 
-def file_digest(path: Path | str) -> str:
-    """blake2b-128 hex digest of a file's bytes (read in 16 MiB blocks)."""
-    digest = hashlib.blake2b(digest_size=16)
+def file_digest(path: Path | str, algorithm: str = "blake2b") -> str:
+    """Hex digest of a file's bytes (read in 16 MiB blocks): "blake2b" (128 bits, as RESULTS
+    record RUN weights) or "sha256" (STORE checksums)."""
+    digest = hashlib.blake2b(digest_size=16) if algorithm == "blake2b" else hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(block)
@@ -159,8 +160,8 @@ def file_digest(path: Path | str) -> str:
 
 
 def array_digest(array: np.ndarray) -> str:
-    """blake2b-128 hex digest of an array's data in C order (a memory map is read in blocks)."""
-    digest = hashlib.blake2b(digest_size=16)
+    """SHA-256 hex digest of an array's data in C order (a memory map is read in blocks)."""
+    digest = hashlib.sha256()
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     for start in range(0, flat.size, _CHUNK):
         digest.update(flat[start:start + _CHUNK])
@@ -219,12 +220,37 @@ Count = Annotated[int, Field(ge=0)]
 class VolumeFile(Contract):
     shape: Annotated[list[Annotated[int, Field(ge=1, le=max(MAX_SLICES, MAX_CROP))]], Field(min_length=3, max_length=3)]
     dtype: Literal["complex64"]
-    blake2b: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class VolumeRecord(Contract):
+    """`volumes/<volume>.json`, the per-volume record `prepare` resumes from."""
+
+    source: dict
+    volume: Annotated[str, Field(pattern=r"^[\w.-]+$")]
+    slices: Annotated[int, Field(ge=1, le=MAX_SLICES)]
+    patient_id: str
+    acquisition: str
+    p99: Annotated[float, Field(ge=0)]
+    npy: VolumeFile
+
+
+def usable_record(record: dict | None, npy: Path) -> bool:
+    """Whether a resumed volume record is well-formed and its `.npy` header matches it
+    (else `prepare` redoes the volume)."""
+    if record is None:
+        return False
+    try:
+        validate(VolumeRecord, record, npy.with_suffix(".json"), PREPARE_FIX)
+        check_npy(npy, tuple(record["npy"]["shape"]), VOLUME_DTYPE, PREPARE_FIX)
+    except MrRobustError:
+        return False
+    return record["npy"]["shape"][0] == record["slices"]
 
 
 class Checksums(Contract):
-    algorithm: Literal["blake2b-128"]
-    slices_csv: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    algorithm: Literal["sha256"]
+    slices_csv: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     volumes: dict[Annotated[str, Field(pattern=r"^[\w.-]+$")], VolumeFile]
 
 
@@ -254,11 +280,11 @@ class StoreManifest(Contract):
     version: Literal[1]
     crop: Annotated[int, Field(ge=1, le=MAX_CROP)]
     scale: Annotated[float, Field(gt=0)]
-    source: Optional[str] = None
-    challenge: Optional[Literal["singlecoil", "multicoil"]] = None
-    seed: Optional[Count] = None
-    fractions: Optional[Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]] = None
-    counts: Optional[Counts] = None
+    source: str = None
+    challenge: Literal["singlecoil", "multicoil"] = None
+    seed: Count = None
+    fractions: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)] = None
+    counts: Counts = None
     skipped: list[Skipped] = []
     warnings: list[str] = []
     checksums: Optional[Checksums] = None
@@ -333,7 +359,7 @@ def read_store_slices(store: Path | str, manifest: dict) -> list[dict]:
         if sorted(indices) != list(range(count)):
             raise MrRobustError(f"{path}: volume {volume} lists slices {_shown(sorted(indices))}, its file holds "
                                 f"slices 0..{count - 1}; {PREPARE_FIX}")
-    if checksums and file_digest(path) != checksums["slices_csv"]:  # a well-formed edit
+    if checksums and file_digest(path, CHECKSUM) != checksums["slices_csv"]:  # a well-formed edit
         raise MrRobustError(_edited(path))
     return rows
 
@@ -351,7 +377,7 @@ def verify_store(store: Path | str) -> str:
     for volume, recorded in sorted(checksums["volumes"].items()):
         file = store / "volumes" / f"{volume}.npy"
         check_npy(file, tuple(recorded["shape"]), VOLUME_DTYPE, PREPARE_FIX)
-        if array_digest(np.load(file, mmap_mode="r", allow_pickle=False)) != recorded["blake2b"]:
+        if array_digest(np.load(file, mmap_mode="r", allow_pickle=False)) != recorded["sha256"]:
             raise MrRobustError(_edited(file))
     return f"{store}: STORE intact ({len(checksums['volumes'])} volumes, {len(rows)} slices, checksums match)"
 
@@ -379,32 +405,35 @@ class ModelSection(Contract):
 
 
 class TrainingSection(Contract):
-    lr: Annotated[float, Field(gt=0)]
-    weight_decay: Annotated[float, Field(ge=0)]
-    batch_size: PositiveInt
-    max_epochs: PositiveInt
-    patience: PositiveInt
-    seed: Annotated[int, Field(ge=0, lt=2**32)]
-    weighted_sampler: bool
-    augment: Optional[str]
-    precision: Literal["32", "bf16-mixed", "16-mixed"]
-    compile: bool
-    accelerator: Literal["cpu", "gpu"]
-    devices: PositiveInt
-    num_nodes: PositiveInt
-    workers: Count
-    limit_train_batches: Optional[PositiveInt]
-    limit_val_batches: Optional[PositiveInt]
-    monitor: str
+    """What `train` records: every key typed when present (null only where train writes null);
+    `models.save` callers may record less."""
+
+    lr: Annotated[float, Field(gt=0)] = None
+    weight_decay: Annotated[float, Field(ge=0)] = None
+    batch_size: PositiveInt = None
+    max_epochs: PositiveInt = None
+    patience: PositiveInt = None
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = None
+    weighted_sampler: bool = None
+    augment: Optional[str] = None
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = None
+    compile: bool = None
+    accelerator: Literal["cpu", "gpu"] = None
+    devices: PositiveInt = None
+    num_nodes: PositiveInt = None
+    workers: Count = None
+    limit_train_batches: Optional[PositiveInt] = None
+    limit_val_batches: Optional[PositiveInt] = None
+    monitor: str = None
 
 
 class StoreSection(Contract):
-    path: str
-    scale: Annotated[float, Field(gt=0)]
-    crop: Annotated[int, Field(ge=1, le=MAX_CROP)]
-    version: int
-    train_slices: Count
-    val_slices: Count
+    path: str = None
+    scale: Annotated[float, Field(gt=0)] = None
+    crop: Annotated[int, Field(ge=1, le=MAX_CROP)] = None
+    version: int = None
+    train_slices: Count = None
+    val_slices: Count = None
 
 
 class RunConfig(Contract):
