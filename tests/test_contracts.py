@@ -315,3 +315,24 @@ def test_prepare_never_reads_an_absurd_declaration(tmp_path, synth_root):
     assert code == "2" and "beyond any MR volume" in result.stderr and result.stderr.count("\n") == 1
     assert int(peak_kib) < 1 << 20  # < 1 GiB (the declaration: 74.5 GiB)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_folds_a_warning_and_a_multiline_error_into_one_line(monkeypatch, capsys):
+    import logging
+    import warnings
+
+    from mrrobust.cli import main
+
+    def noisy(path):
+        logging.getLogger("mrrobust.contracts").warning("first\nwarning")
+        warnings.warn("a library says\nsomething")
+        raise MrRobustError(f"{path}: h5py says:\nunable to open\n")
+
+    monkeypatch.setattr(contracts, "verify", noisy)
+    monkeypatch.setattr(sys, "argv", ["mrrobust", "verify", "somewhere"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err == ("mrrobust verify: error: somewhere: h5py says: unable to open (after 2 warning(s): first warning; "
+                   "UserWarning: a library says something)\n")

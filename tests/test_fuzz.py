@@ -102,10 +102,12 @@ def store_cases(rng: random.Random, volumes: list[str]):
         "checksums.volumes": [{}, "x"],
         f"checksums.volumes.{volumes[0]}.shape": [[12, 64], [11, 64, 64], ["12", 64, 64], DROP],
         f"checksums.volumes.{volumes[0]}.dtype": ["float32", DROP, 1],
-        f"checksums.volumes.{volumes[0]}.sha256": ["zz", "0" * 64, DROP],
+        f"checksums.volumes.{volumes[0]}.sha256": ["zz", "0" * 63, DROP],
     }.items():
         for value in values:
             cases.append((f"manifest {key} {'dropped' if value is DROP else repr(value)}", manifest(key, value), every))
+    cases.append(("manifest checksum of a volume another well-formed digest",
+                  manifest(f"checksums.volumes.{volumes[0]}.sha256", "0" * 64), ("verify",)))  # the full pass only
     cases += [
         ("manifest truncated", lambda s: truncate(s / "manifest.json", rng), every),
         ("manifest non-UTF-8", lambda s: inject(s / "manifest.json", rng), every),
