@@ -74,6 +74,11 @@ def test_finished_work_is_never_overwritten_without_retrain(tiny_store, tmp_path
     assert redone["runs"]["layer-seed0"]["epoch"] in ("0", "1")
     assert len((out / "runs" / "layer-seed0" / "metrics.csv").read_text().splitlines()) == 3  # 2 epochs, from scratch
     assert plan_differences(plan(tiny_store, out, ["layer"], [0], train_options=longer, evaluate_options=EVALUATE)) == []
+    import shutil
+
+    shutil.rmtree(out / "results")  # a report whose results are gone is not overwritten implicitly
+    assert plan_differences(plan(tiny_store, out, ["layer"], [0], train_options=longer, evaluate_options=EVALUATE)) == [
+        f"report: {out / 'report'} holds a report whose results/ are gone"]
 
 
 def test_dry_run_on_a_new_folder_writes_nothing(tiny_store, tmp_path, monkeypatch, capsys):

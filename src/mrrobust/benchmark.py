@@ -76,7 +76,7 @@ def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_opt
             if run["state"] == "differs":
                 shutil.rmtree(run["path"])
                 run["state"] = "new"
-        if the_plan["results"]["state"] == "differs":
+        if the_plan["results"]["state"] == "differs" or the_plan["report_changes"]:
             shutil.rmtree(out / "results", ignore_errors=True)
             shutil.rmtree(out / "report", ignore_errors=True)
     runs = {}
@@ -219,15 +219,18 @@ def plan(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_options:
                             pass
     elif (out / "results").exists() and any((out / "results").iterdir()):
         results["state"], results["changes"] = "differs", [f"{out / 'results'} holds no evaluation.json"]
-    return {"out": str(out), "runs": runs, "results": results, "report": str(out / "report"),
-            "evaluation": expected}
+    report = out / "report"
+    orphan = results["state"] == "new" and report.is_dir() and any(report.iterdir())
+    return {"out": str(out), "runs": runs, "results": results, "report": str(report), "evaluation": expected,
+            "report_changes": [f"{report} holds a report whose results/ are gone"] if orphan else []}
 
 
 def plan_differences(the_plan: dict) -> list[str]:
     """Every difference between the plan and the finished work in `out`, one string each."""
     lines = [f"runs/{run['name']}: {change}" for run in the_plan["runs"] if run["state"] in ("differs", "foreign")
              for change in run["changes"]]
-    return lines + [f"results: {change}" for change in the_plan["results"]["changes"]]
+    return (lines + [f"results: {change}" for change in the_plan["results"]["changes"]]
+            + [f"report: {change}" for change in the_plan.get("report_changes", [])])
 
 
 def _probe(config: dict, crop: int, steps: int = 2) -> tuple[float, float]:
