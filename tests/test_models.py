@@ -209,11 +209,13 @@ def test_load_refuses_weights_that_do_not_fit_the_config(tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(MrRobustError, match=r"missing \['stages"):
         load(tmp_path)
-    for bad in ([1, 2], "preact_resnet", {"width": "wide"}):
+    for bad, field in (([1, 2], "model"), ("preact_resnet", "model"), ({"width": "wide"}, "model.arch")):
         config["model"] = bad
         config_path.write_text(json.dumps(config))
-        with pytest.raises(MrRobustError, match="cannot build a model"):
-            load(tmp_path)
+        with pytest.raises(MrRobustError, match=rf"config.json: field {field}: .*re-run `mrrobust train`"):
+            load(tmp_path)  # the contract refuses the file before any model is built
+    with pytest.raises(MrRobustError, match="cannot build a model"):
+        build([1, 2])
 
 
 def test_atomic_write_leaves_no_temporary_file_on_failure(tmp_path):

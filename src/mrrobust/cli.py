@@ -1,19 +1,27 @@
 """The `mrrobust` command line: parses flags, calls the library, prints. No logic here.
 
-A user error (`MrRobustError`) becomes one line on stderr and exit code 2.
+A user error (`MrRobustError`) becomes one line on stderr and exit code 2; Ctrl-C becomes
+one line ("interrupted; run the same command to resume") and exit code 130. Warnings
+raised while a command runs are held back and printed after its result, or folded into
+its error line, so a failing command always prints exactly one line on stderr. The
+commands that write an output folder (prepare, train, evaluate, benchmark) hold its lock
+(`mrrobust.locks`) while they run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from mrrobust.errors import MrRobustError
+from mrrobust.errors import MrRobustError, one_line
 
 app = typer.Typer(
     help="Will my MR diagnosis model still work when the scan is not clean?",
@@ -24,18 +32,73 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+INTERRUPTED = "interrupted; run the same command to resume"
+
+
+class _Held(logging.Handler):
+    """Collects the warnings of the `mrrobust` loggers while a command runs."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(one_line(record.getMessage()))
+
+
+@contextlib.contextmanager
+def _held_warnings():
+    """Hold back Python warnings and `mrrobust` log warnings; yields the list they go to."""
+    held = _Held()
+    logger = logging.getLogger("mrrobust")
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(held)
+    with warnings.catch_warnings(record=True) as caught:  # the filters stay as they are
+        try:
+            yield held.messages
+        finally:
+            logger.removeHandler(held)
+            logger.propagate = propagate
+            held.messages.extend(one_line(f"{w.category.__name__}: {w.message}") for w in caught)
+
+
 def command(fn):
-    """Register `fn` as a subcommand; a MrRobustError becomes one line and exit code 2."""
+    """Register `fn` as a subcommand: a MrRobustError becomes one line and exit code 2,
+    Ctrl-C one line and exit code 130 (see the module docstring)."""
+    name = fn.__name__.replace("_", "-")
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        messages: list[str] = []
+        line, code = None, 0
         try:
-            return fn(*args, **kwargs)
+            with _held_warnings() as messages:
+                return fn(*args, **kwargs)
         except MrRobustError as err:
-            print(f"mrrobust {fn.__name__.replace('_', '-')}: error: {err}", file=sys.stderr)
-            raise typer.Exit(code=2)
+            line, code = f"error: {err}", 2
+        except KeyboardInterrupt:
+            line, code = INTERRUPTED + (" with --resume" if name == "train" else ""), 130
+        finally:
+            notes = list(dict.fromkeys(messages))
+            if line is None:
+                for note in notes:
+                    print(f"mrrobust {name}: warning: {note}", file=sys.stderr)
+        after = f" (after {len(notes)} warning(s): {'; '.join(notes)})" if notes else ""
+        print(one_line(f"mrrobust {name}: {line}{after}"), file=sys.stderr)
+        raise typer.Exit(code=code)
 
-    return app.command(name=fn.__name__.replace("_", "-"))(wrapper)
+    return app.command(name=name)(wrapper)
+
+
+def _lock(out: Path, name: str):
+    """The output lock of `out`; none in the DDP ranks other than 0 (their launcher holds it)."""
+    import os
+
+    from mrrobust.locks import output_lock
+
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return output_lock(out, name)
 
 
 # ---- data: synth, prepare (issue 2) ----------------------------------------
@@ -78,12 +141,9 @@ def prepare(
     """Build the slice STORE from fastMRI volumes and fastMRI+ labels (resumes an interrupted run)."""
     from mrrobust.data.prepare import prepare as prepare_store, summary_lines
 
-    try:
+    with _lock(out, "prepare"):  # Ctrl-C: a STORE finished before stays as it was until the new one is done
         summary = prepare_store(fastmri, out, annotations=annotations, challenge=challenge, crop=crop, seed=seed,
                                 fractions=(train, val, test), workers=workers, progress=progress)
-    except KeyboardInterrupt:
-        print(f"mrrobust prepare: interrupted; run the same command again to resume (a STORE finished before stays as it was until then)", file=sys.stderr)
-        raise typer.Exit(code=130)
     print("\n".join(summary_lines(summary)))
 
 
@@ -201,13 +261,14 @@ def train(
     """Train one classifier on a STORE and write a RUN folder."""
     from mrrobust.training import train as train_run
 
-    summary = train_run(
-        data, out, norm, depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
-        batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
-        weighted_sampler=weighted_sampler, augment=augment, precision=precision, compile=compile,
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, workers=workers,
-        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
-        resume=resume, quiet=quiet)
+    with _lock(out, "train"):
+        summary = train_run(
+            data, out, norm, depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
+            batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
+            weighted_sampler=weighted_sampler, augment=augment, precision=precision, compile=compile,
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, workers=workers,
+            limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+            resume=resume, quiet=quiet)
     if summary is not None:
         print(f"{summary['run']}: {summary['epochs']} epochs, best epoch {summary['best_epoch']} "
               f"(mean validation AUC {summary['best_val_auc_mean']:.4f})"
@@ -263,11 +324,12 @@ def evaluate(
             if name in arms:
                 raise MrRobustError(f"--arm {name} is given twice; give each arm once, with all its runs")
             arms[name] = members
-    result = run_grid(runs or [], data, out, arms=arms, reference_arm=reference_arm, suite=suite,
-                      artifacts=_names(artifacts), severities=_integers(severities, "--severities"), split=split,
-                      bn_modes=_names(bn_modes), bn_prior=bn_prior, threshold_from=threshold_from,
-                      batch_size=batch_size, device=device, seed=seed, bootstrap=bootstrap, level=level,
-                      progress=not quiet)
+    with _lock(out, "evaluate"):
+        result = run_grid(runs or [], data, out, arms=arms, reference_arm=reference_arm, suite=suite,
+                          artifacts=_names(artifacts), severities=_integers(severities, "--severities"), split=split,
+                          bn_modes=_names(bn_modes), bn_prior=bn_prior, threshold_from=threshold_from,
+                          batch_size=batch_size, device=device, seed=seed, bootstrap=bootstrap, level=level,
+                          progress=not quiet)
     arms_text = "; ".join(f"{name}: {len(members)} run{'s' if len(members) > 1 else ''}"
                           for name, members in result["arms"].items())
     print(f"{result['out']}: {result['cells']} cells ({result['computed']} computed now, {result['reused']} "
@@ -319,9 +381,14 @@ def benchmark(
     device: str = _option(_EVALUATION, "device"),
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
     reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
+    retrain: bool = typer.Option(False, "--retrain", help="Retrain the runs in --out made with other settings, and redo results/ and report/ made from other runs or settings (deletes that finished work)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (runs to train, cells to evaluate, what is finished) and a time estimate from throughput measured now; write nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
-    """train every norm x seed -> evaluate the artifact grid -> report, in one command (resumes)."""
+    """train every norm x seed -> evaluate the artifact grid -> report, in one command (resumes).
+
+    Before training anything it compares every setting with what --out already holds and
+    refuses differences (with their list) unless --retrain."""
     from mrrobust.benchmark import benchmark as run_benchmark
 
     train_options = dict(depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
@@ -330,12 +397,29 @@ def benchmark(
                          workers=workers, quiet=quiet)
     evaluate_options = dict(suite=suite, artifacts=_names(artifacts), severities=_integers(severities, "--severities"),
                             bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap)
-    result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
-                           evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet)
+    from mrrobust.benchmark import plan_lines
+
+    with contextlib.nullcontext() if dry_run else _lock(out, "benchmark"):
+        result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
+                               evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet,
+                               retrain=retrain, dry_run=dry_run)
+    if dry_run:
+        print("\n".join(plan_lines(result["plan"])))
+        return
     if not result:  # a DDP rank other than 0
         return
     _print_runs(result["runs"])
     print(f"report {result['report']['report']}")
+
+
+@command
+def verify(
+    path: Path = typer.Argument(..., help="A STORE, RUN or RESULTS folder."),
+):
+    """Full integrity pass: every contract of the folder, every checksum (STORE), weights against the config (RUN), every prediction file (RESULTS)."""
+    from mrrobust.contracts import verify as verify_folder
+
+    print(verify_folder(path))
 
 
 def _print_runs(runs: dict) -> None:
@@ -414,8 +498,8 @@ def main() -> None:
     is one line on stderr and exit code 2 instead of a boxed message."""
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:
-        print("mrrobust: interrupted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt):
+        print(f"mrrobust: {INTERRUPTED}", file=sys.stderr)
         code = 130
     except Exception as err:  # click's UsageError (typer vendors click): exit_code 2
         if getattr(err, "exit_code", None) != 2 or not hasattr(err, "format_message"):

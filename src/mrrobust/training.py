@@ -46,6 +46,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -482,8 +484,9 @@ def _check_splits(data: Path, train_set, val_set, rank: int, validated: int) -> 
 def _changed_settings(old: dict, new: dict) -> list[str]:
     changes = []
     for section in ("model", "training", "store"):
-        for key in sorted(set(old.get(section, {})) | set(new[section])):
-            before, after = old.get(section, {}).get(key), new[section].get(key)
+        previous = old.get(section) or {}  # a model-only config has no training/store section
+        for key in sorted(set(previous) | set(new[section])):
+            before, after = previous.get(key), new[section].get(key)
             if before != after and key not in RESUMABLE_CHANGES and key != "path":
                 changes.append(f"{key} {before!r} -> {after!r}")
     return changes
@@ -543,10 +546,11 @@ def _make_augment(augment: str | None):
 
 
 class _DropTips(logging.Filter):
-    """Lightning's advertising lines ("Tip: ... litlogger / litmodels")."""
+    """Lightning's advertising lines ("Tip: ... litlogger / litmodels") and its Ctrl-C notice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()  # and the shutdown notice: the CLI prints its own line
+        return "Tip:" not in message and "Detected KeyboardInterrupt" not in message
 
 
 def _configure_lightning_logging(quiet: bool) -> None:
@@ -578,24 +582,17 @@ def _display_callbacks(quiet: bool) -> list:
     return [RichProgressBar(console_kwargs={"stderr": True}), ModelSummary()]
 
 
-def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
-          groups: int = 32, lr: float = 1e-5, weight_decay: float = 1e-4,
-          batch_size: int = 32, max_epochs: int = 200, patience: int = 5, seed: int = 0,
-          weighted_sampler: bool = True, augment: str | None = None, precision: str = "auto",
-          compile: bool = False, accelerator: str = "auto", devices: int = 1,
+def _plan(data: Path, norm: str, *, depth: int = 18, width: int = 64, groups: int = 32,
+          lr: float = 1e-5, weight_decay: float = 1e-4, batch_size: int = 32, max_epochs: int = 200,
+          patience: int = 5, seed: int = 0, weighted_sampler: bool = True, augment: str | None = None,
+          precision: str = "auto", compile: bool = False, accelerator: str = "auto", devices: int = 1,
           num_nodes: int = 1, workers: int = 2, limit_train_batches: int | None = None,
-          limit_val_batches: int | None = None, resume: bool = False,
-          quiet: bool = False) -> dict | None:
-    """Train one classifier on STORE `data` into RUN folder `out` (module docstring).
+          limit_val_batches: int | None = None):
+    """Every check `train` makes before writing, and the RUN config it would write:
+    (config, train_set, val_set, augmentation, launch rank). Reads the STORE, writes nothing."""
+    from mrrobust.data.store import SliceDataset, read_manifest
 
-    `precision="auto"`: bf16-mixed on a GPU, 32 on the CPU; GPUs also use channels-last.
-    Returns a summary dict on global rank 0 (`run, epochs, best_epoch, best_val_auc_mean,
-    stopped_early`) and None on the other DDP ranks. Every check runs on every rank before
-    anything is written; only global rank 0 writes.
-    """
-    from mrrobust.data.store import SliceDataset, read_manifest, sampler_weights
-
-    data, out = Path(data), Path(out)
+    data = Path(data)
     accelerator, precision = _resolve_devices(accelerator, precision, devices, num_nodes,
                                               compile)
     _check_numbers(lr, weight_decay, batch_size, max_epochs, patience, seed, workers,
@@ -603,10 +600,9 @@ def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
                     "--limit-val-batches": limit_val_batches})
     manifest = read_manifest(data)
     model = model_config(depth=depth, width=width, norm=norm, groups=groups)
-    build(model)  # a bad norm/groups/depth fails here, before anything is written
+    build(model)  # a bad norm/groups/depth or a model too large fails here, before anything is written
     augmentation = _make_augment(augment)  # likewise a bad --augment spec
     rank = _launch_rank(devices)
-    _configure_lightning_logging(quiet)
     train_set = SliceDataset(data, "train", kind="complex" if augment else "magnitude")
     val_set = SliceDataset(data, "val")
     _check_splits(data, train_set, val_set, rank,
@@ -625,6 +621,70 @@ def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
                   "crop": manifest["crop"], "version": manifest["version"],
                   "train_slices": len(train_set), "val_slices": len(val_set)},
     }
+    return config, train_set, val_set, augmentation, rank
+
+
+def planned_config(data, norm: str = "batch", **options) -> dict:
+    """The RUN config `train(data, out, norm, **options)` would write (same checks, writes
+    nothing); `options` are `train`'s keywords except out, resume and quiet."""
+    return _plan(Path(data), norm, **options)[0]
+
+
+def run_status(out: Path, config: dict) -> dict:
+    """What RUN folder `out` holds against the planned `config` (reads only):
+    {"state": "new" | "restart" | "resume" | "finished" | "differs", "epochs": done,
+    "changes": [setting old -> new]}. "differs" also covers a finished run that the new
+    --max-epochs would train further (its weights would change)."""
+    out = Path(out)
+    if not (out / CONFIG_FILE).is_file():
+        foreign = out.exists() and (not out.is_dir() or any(out.iterdir()))
+        return {"state": "differs" if foreign else "new", "epochs": 0,
+                "changes": [f"{out} is not empty and holds no {CONFIG_FILE}"] if foreign else []}
+    old = read_config(out)
+    changes = _changed_settings(old, config)
+    checkpoint = out / CHECKPOINTS / LAST_CHECKPOINT
+    if changes:
+        return {"state": "differs", "epochs": 0, "changes": changes}
+    if not checkpoint.is_file():
+        return {"state": "restart", "epochs": 0, "changes": []}
+    saved = _read_run_state(checkpoint)
+    after = config["training"]["max_epochs"]
+    before = (old.get("training") or {}).get("max_epochs", after)
+    done_before = saved["stopped_early"] or saved["epochs"] >= before
+    if done_before and not saved["stopped_early"] and after > before:
+        return {"state": "differs", "epochs": saved["epochs"],
+                "changes": [f"max_epochs {before} -> {after} (the finished run would train further)"]}
+    finished = saved["stopped_early"] or saved["epochs"] >= after
+    return {"state": "finished" if finished else "resume", "epochs": saved["epochs"], "changes": []}
+
+
+def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
+          groups: int = 32, lr: float = 1e-5, weight_decay: float = 1e-4,
+          batch_size: int = 32, max_epochs: int = 200, patience: int = 5, seed: int = 0,
+          weighted_sampler: bool = True, augment: str | None = None, precision: str = "auto",
+          compile: bool = False, accelerator: str = "auto", devices: int = 1,
+          num_nodes: int = 1, workers: int = 2, limit_train_batches: int | None = None,
+          limit_val_batches: int | None = None, resume: bool = False,
+          quiet: bool = False) -> dict | None:
+    """Train one classifier on STORE `data` into RUN folder `out` (module docstring).
+
+    `precision="auto"`: bf16-mixed on a GPU, 32 on the CPU; GPUs also use channels-last.
+    Returns a summary dict on global rank 0 (`run, epochs, best_epoch, best_val_auc_mean,
+    stopped_early`) and None on the other DDP ranks. Every check runs on every rank before
+    anything is written; only global rank 0 writes.
+    """
+    from mrrobust.data.store import sampler_weights
+
+    data, out = Path(data), Path(out)
+    config, train_set, val_set, augmentation, rank = _plan(
+        data, norm, depth=depth, width=width, groups=groups, lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
+        weighted_sampler=weighted_sampler, augment=augment, precision=precision, compile=compile,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, workers=workers,
+        limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches)
+    _configure_lightning_logging(quiet)
+    accelerator = config["training"]["accelerator"]
+    precision = config["training"]["precision"]
     state, saved = _run_dir_state(out, config, resume)
     writer = RunWriter(out, config)
     if state == "finished":
@@ -661,11 +721,22 @@ def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
                    *_display_callbacks(quiet)],
         logger=_loggers(out), enable_progress_bar=not quiet, enable_model_summary=False,
         default_root_dir=out, log_every_n_steps=1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
-        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning internals
-        trainer.fit(module, train_loader, val_loader,
-                    ckpt_path=writer.checkpoint if state == "resume" else None,
-                    weights_only=True)
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+            warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning internals
+            trainer.fit(module, train_loader, val_loader,
+                        ckpt_path=writer.checkpoint if state == "resume" else None,
+                        weights_only=True)
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) after its shutdown; give it back as
+        # KeyboardInterrupt (the RUN resumes from its last finished epoch)
+        if not trainer.interrupted:
+            raise
+        raise KeyboardInterrupt from None
+    finally:
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)  # Lightning ignores SIGINT from its shutdown on
     return writer.summary() if trainer.is_global_zero else None

@@ -18,7 +18,8 @@ from mrrobust.errors import MrRobustError
 
 def load_slice(data: Path, index: int | None = None) -> tuple[torch.Tensor, str]:
     """Complex `(H, W)` slice and its label from a STORE folder (`SliceDataset`, kind complex)
-    or a fastMRI `.h5` volume (`read_volume` + `complex_images`); default: the middle slice."""
+    or a fastMRI `.h5` volume (`read_volume` of that one slice + `complex_images`, crop the
+    header's recon size when it is sane); default: the middle slice."""
     data = Path(data)
     if data.is_dir():
         from mrrobust.data.store import SliceDataset
@@ -32,13 +33,10 @@ def load_slice(data: Path, index: int | None = None) -> tuple[torch.Tensor, str]
     if data.suffix.lower() in (".h5", ".hdf5") and data.is_file():
         from mrrobust.data.fastmri import complex_images, read_volume
 
-        volume = read_volume(data)
-        count = volume.kspace.shape[0]
-        k = count // 2 if index is None else index
-        _check_index(k, count, data)
+        volume = read_volume(data, index="middle" if index is None else index)  # that one slice only
         crop = min(volume.recon_size) if volume.recon_size else min(320, *volume.kspace.shape[-2:])
-        images = complex_images(volume.kspace[k : k + 1], crop)
-        return torch.from_numpy(np.ascontiguousarray(images[0])), f"{volume.name}:{k}"
+        images = complex_images(volume.kspace, crop)
+        return torch.from_numpy(np.ascontiguousarray(images[0])), f"{volume.name}:{volume.index}"
     raise MrRobustError(f"{data}: not a STORE folder nor a fastMRI .h5 file; pass --data STORE or --data FILE.h5")
 
 

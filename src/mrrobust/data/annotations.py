@@ -217,4 +217,7 @@ def load_annotations(directory: Path | str | None = None) -> Annotations:
         _read_boxes(folder / ANNOTATION_FILE, annotations)
     except (UnicodeDecodeError, csv.Error) as err:
         raise MrRobustError(f"{folder}: annotation files are not UTF-8 CSV text ({err}); pass the fastMRI+ CSVs") from None
+    except OSError as err:  # permissions, a folder named knee.csv, an I/O error
+        raise MrRobustError(f"{err.filename or folder}: cannot read the annotation file ({err.strerror or err}); "
+                            f"check its permissions or pass another --annotations") from None
     return annotations

@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mrrobust.contracts import check_kspace, check_recon_size, read_header
 from mrrobust.errors import MrRobustError
 from mrrobust.fft import ifft2c_cropped
 
@@ -43,6 +44,8 @@ class Volume:
     kspace: np.ndarray
     attrs: dict = field(default_factory=dict)
     recon_size: tuple[int, int] | None = None
+    index: int | None = None  # the one slice read (read_volume with `index`), else None
+    slices: int = 0  # slices in the file (read_volume with `index` reads one of them)
 
     @property
     def multicoil(self) -> bool:
@@ -74,36 +77,32 @@ def recon_size_from_header(header: bytes | str) -> tuple[int, int] | None:
         return None
 
 
-def _check_kspace(path: Path, dataset, fix: str) -> None:
-    """Refuse a `kspace` dataset that is not complex of rank 3 or 4, or holds no samples, before reading it."""
-    if dataset.dtype.kind != "c" or dataset.ndim not in (3, 4):
-        raise MrRobustError(
-            f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
-            f"got {dataset.dtype} shape {dataset.shape}; {fix}"
-        )
-    if dataset.size == 0:
-        raise MrRobustError(f"{path}: 'kspace' {dataset.shape} holds no samples (0 slices, coils or lines); {fix}")
+def read_volume(path: Path | str, workers: int = 1, index: int | str | None = None) -> Volume:
+    """Read `kspace`, attributes and recon size of one fastMRI `.h5` file (`index`: only
+    that slice, as a 1-slice volume; "middle": the middle slice).
 
-
-def read_volume(path: Path | str) -> Volume:
-    """Read `kspace`, attributes and recon size of one fastMRI `.h5` file.
-
-    Raises MrRobustError naming the file when it is not readable HDF5 (or is
-    truncated), has no `kspace`, `kspace` is not complex of rank 3 or 4, is empty
-    (e.g. 0 slices), or holds NaN/Inf samples.
+    The structure is checked from the declarations before anything is read
+    (`contracts.check_kspace`: a complex dataset of rank 3 or 4, non-empty, within sane
+    bounds, fitting 1/`workers` of the available memory). Raises MrRobustError naming the
+    file when it is not readable HDF5 (or is truncated), fails those checks, or holds
+    NaN/Inf samples. An unreadable, oversized or implausible header gives `recon_size` None.
     """
     path = Path(path)
     fix = "re-download or remove it"
     try:
         with h5py.File(path, "r") as hf:
-            if "kspace" not in hf:
-                raise MrRobustError(f"{path}: no 'kspace' dataset (keys: {sorted(hf.keys())}); not a fastMRI volume, remove it")
-            dataset = hf["kspace"]
-            _check_kspace(path, dataset, fix)
-            kspace = np.empty(dataset.shape, np.complex64)
-            dataset.read_direct(kspace)  # into a complex64 buffer: ~1.5x faster than `dataset[()]`
+            dataset = check_kspace(path, hf, fix, workers=workers)
+            if index is None:
+                kspace = np.empty(dataset.shape, np.complex64)
+                dataset.read_direct(kspace)  # into a complex64 buffer: ~1.5x faster than `dataset[()]`
+            else:
+                index = dataset.shape[0] // 2 if index == "middle" else index
+                if not 0 <= index < dataset.shape[0]:
+                    raise MrRobustError(f"slice {index} is outside 0..{dataset.shape[0] - 1} in {path}; choose --slice in that range")
+                kspace = np.asarray(dataset[index : index + 1], np.complex64)
             attrs = {key: _plain(value) for key, value in hf.attrs.items()}
-            header = hf["ismrmrd_header"][()] if "ismrmrd_header" in hf else None
+            header = read_header(hf)
+            slices = dataset.shape[0]
     except MrRobustError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
@@ -113,10 +112,9 @@ def read_volume(path: Path | str) -> Volume:
         raise MrRobustError(f"{path}: 'kspace' holds {bad} NaN/Inf samples; {fix}")
     for key in ATTR_KEYS:
         attrs.setdefault(key, None)
-    if isinstance(header, np.ndarray):
-        header = header.tobytes()
-    recon_size = recon_size_from_header(header) if header is not None else None
-    return Volume(name=path.stem, kspace=kspace, attrs=attrs, recon_size=recon_size)
+    recon_size = check_recon_size(recon_size_from_header(header), kspace.shape) if header is not None else None
+    return Volume(name=path.stem, kspace=kspace, attrs=attrs, recon_size=recon_size, slices=slices,
+                  index=None if index is None else int(index))
 
 
 def _centre_window(n: int) -> np.ndarray:

@@ -21,6 +21,7 @@ when train is empty.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import multiprocessing
 import os
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrrobust.contracts import CHECKSUM, MAX_CROP, VOLUME_DTYPE, array_digest, usable_record
 from mrrobust.data.annotations import LABELS, Annotations, load_annotations
 from mrrobust.data.fastmri import complex_images, read_volume
 from mrrobust.data.readahead import ReadAhead
@@ -67,10 +69,10 @@ SCALE_DEFINITION = (
 def _check_settings(challenge: str, crop: int, seed: int, fractions, workers: int) -> tuple[float, float, float]:
     if challenge not in CHALLENGES:
         raise MrRobustError(f"unknown challenge {challenge!r}; use {' or '.join(CHALLENGES)}")
-    if crop < 1:
-        raise MrRobustError(f"crop {crop} must be a positive number of pixels (fastMRI: 320)")
-    if workers < 1:
-        raise MrRobustError(f"workers {workers} must be at least 1")
+    if not 1 <= crop <= MAX_CROP:
+        raise MrRobustError(f"crop {crop} must be a number of pixels in 1..{MAX_CROP} (fastMRI: 320)")
+    if not 1 <= workers <= 256:
+        raise MrRobustError(f"workers {workers} must be in 1..256")
     if seed < 0:
         raise MrRobustError(f"seed {seed} must be a non-negative integer (numpy's generator refuses negative seeds)")
     fractions = tuple(float(f) for f in fractions)
@@ -132,8 +134,8 @@ def finished_record(folder: Path, path: Path, crop: int, challenge: str) -> dict
     if not (folder / f"{name}.npy").is_file():
         return None
     record = read_json(folder / f"{name}.json")
-    if record is None or record.get("source") != _source_key(path, crop, challenge):
-        return None
+    if not usable_record(record, folder / f"{name}.npy") or record.get("source") != _source_key(path, crop, challenge):
+        return None  # another source or settings, or a damaged record: redo the volume
     return record
 
 
@@ -147,14 +149,16 @@ def percentile_99(values: np.ndarray) -> float:
     return float(part[low] + (part[high] - part[low]) * (position - low))
 
 
-def prepare_volume(task: tuple[str, str, int, str]) -> dict:
-    """Reconstruct, save and record one volume. task = (file, folder, crop, challenge): the
-    `.npy` and record go to `folder`. Returns the record, or `{"file", "reason"}` when the
-    file is unusable."""
-    file, folder, crop, challenge = task
+def prepare_volume(task: tuple[str, str, int, str, int]) -> dict:
+    """Reconstruct, save and record one volume. task = (file, folder, crop, challenge,
+    workers): the `.npy` and record go to `folder`; the record holds the `.npy`'s shape,
+    dtype and data checksum (`contracts.array_digest`). Returns the record, or
+    `{"file", "reason"}` when the file is unusable (a declaration that does not fit
+    1/workers of the available memory is skipped unread)."""
+    file, folder, crop, challenge, workers = task
     path, volumes = Path(file), Path(folder)
     try:
-        volume = read_volume(path)
+        volume = read_volume(path, workers=workers)
         if volume.multicoil != (challenge == "multicoil"):
             raise MrRobustError(
                 f"{path}: {'multi' if volume.multicoil else 'single'}-coil k-space {volume.kspace.shape} in a "
@@ -170,6 +174,7 @@ def prepare_volume(task: tuple[str, str, int, str]) -> dict:
         "patient_id": str(volume.attrs.get("patient_id") or ""),
         "acquisition": str(volume.attrs.get("acquisition") or ""),
         "p99": percentile_99(np.abs(images[:, ::2, ::2])),  # a 4x smaller sample: 4x faster
+        "npy": {"shape": list(images.shape), "dtype": VOLUME_DTYPE, "sha256": array_digest(images)},
     }
     try:
         save_npy_atomic(volumes / f"{volume.name}.npy", images)
@@ -180,11 +185,13 @@ def prepare_volume(task: tuple[str, str, int, str]) -> dict:
 
 
 def _init_worker() -> None:
-    """Pool worker set-up: torch single-threaded; on Linux, die with the parent (a killed
-    `prepare` must not leave workers blocked on the task queue)."""
+    """Pool worker set-up: torch single-threaded; Ctrl-C is the parent's to handle (it ends
+    the pool; a worker would print its own traceback); on Linux, die with the parent (a
+    killed `prepare` must not leave workers blocked on the task queue)."""
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -360,7 +367,7 @@ def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=32
         if record is not None:
             records[name] = record
     reused = len(records)
-    tasks = [(str(path), str(target), crop, challenge) for name, path in sorted(files.items()) if name not in records]
+    tasks = [(str(path), str(target), crop, challenge, workers) for name, path in sorted(files.items()) if name not in records]
     with progress_bar(progress) as bar:
         job = bar.add_task(f"prepare {len(tasks)} volumes ({reused} done before)", total=len(tasks))
         for result in _run_volumes(tasks, workers):
@@ -396,6 +403,8 @@ def prepare(fastmri_root, out, annotations=None, challenge="singlecoil", crop=32
         "unseen_labels": sorted(labels.unseen_labels),
         "volume_notes": {v: labels.volume_notes(v) for v in sorted(records) if labels.volume_notes(v)},
         "warnings": warnings,
+        "checksums": {"algorithm": CHECKSUM, "slices_csv": hashlib.sha256(slices_csv_bytes(rows)).hexdigest(),
+                      "volumes": {v: records[v]["npy"] for v in sorted(records)}},
     }
     _commit(out, target, rows, manifest)
     return {**manifest, "store": str(out), "prepared": len(records) - reused, "reused": reused,

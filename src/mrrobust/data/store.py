@@ -29,11 +29,10 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler, default_collate, get_worker_info
 
 from mrrobust.atomic import TEMP_SUFFIX, atomic_write
+from mrrobust.contracts import STORE_FORMAT, STORE_VERSION, read_store_manifest, read_store_slices
 from mrrobust.data.annotations import LABELS
 from mrrobust.errors import MrRobustError
 
-STORE_FORMAT = "mrrobust-store"
-STORE_VERSION = 1
 MANIFEST = "manifest.json"
 SLICES = "slices.csv"
 VOLUMES = "volumes"
@@ -99,39 +98,14 @@ def remove_temp_files(folder: Path) -> None:
 
 
 def read_manifest(store: Path | str) -> dict:
-    """The STORE's `manifest.json`; MrRobustError when missing, unreadable or of another version."""
-    path = Path(store) / MANIFEST
-    if not path.is_file():
-        hint = "it is unfinished: re-run the same `mrrobust prepare` to finish it" if (Path(store) / VOLUMES).is_dir() else (
-            "make one with `mrrobust prepare` (or `mrrobust synth` + `prepare`)"
-        )
-        raise MrRobustError(f"{store}: not a finished STORE (no {MANIFEST}); {hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MrRobustError(f"{path}: unreadable manifest ({err}); re-run `mrrobust prepare` into a new folder") from None
-    if not isinstance(manifest, dict):
-        raise MrRobustError(
-            f"{path}: the manifest is a JSON {type(manifest).__name__}, not an object; re-run `mrrobust prepare` into a new folder"
-        )
-    if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
-        raise MrRobustError(
-            f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
-            f"this mrrobust reads {STORE_FORMAT!r} version {STORE_VERSION}; re-run `mrrobust prepare`"
-        )
-    return manifest
+    """The STORE's `manifest.json`, schema-checked (`contracts.read_store_manifest`)."""
+    return read_store_manifest(store)
 
 
-def read_slices(store: Path | str) -> list[dict]:
-    """Rows of `slices.csv` as dicts of strings (column names `SLICE_COLUMNS`)."""
-    path = Path(store) / SLICES
-    if not path.is_file():
-        raise MrRobustError(f"{store}: no {SLICES}; re-run `mrrobust prepare` to finish the STORE")
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and set(SLICE_COLUMNS) - set(rows[0]):
-        raise MrRobustError(f"{path}: missing columns {sorted(set(SLICE_COLUMNS) - set(rows[0]))}; re-run `mrrobust prepare`")
-    return rows
+def read_slices(store: Path | str, manifest: dict | None = None) -> list[dict]:
+    """Rows of `slices.csv` as dicts of strings (column names `SLICE_COLUMNS`), checked
+    against the manifest and the volume file headers (`contracts.read_store_slices`)."""
+    return read_store_slices(store, read_manifest(store) if manifest is None else manifest)
 
 
 def slice_seed(slice_id: str, seed: int = 0) -> int:
@@ -159,7 +133,7 @@ class SliceDataset(Dataset):
         self.scale = float(self.manifest["scale"])
         self.kind = kind
         self.split = split
-        self.rows = [row for row in read_slices(self.store) if split is None or row["split"] == split]
+        self.rows = [row for row in read_slices(self.store, self.manifest) if split is None or row["split"] == split]
         self.targets = np.array([[int(row[label]) for label in LABELS] for row in self.rows], np.float32).reshape(-1, len(LABELS))
         self.slice_ids = [f"{row['volume']}:{row['slice']}" for row in self.rows]
         self._volume_names = sorted({row["volume"] for row in self.rows})

@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from mrrobust.atomic import atomic_write
+from mrrobust.contracts import RUN_FORMAT, RUN_VERSION, ModelSection, check_fits, read_run_config, validate
 from mrrobust.data.annotations import LABELS
 from mrrobust.errors import MrRobustError
 from mrrobust.models.norms import DEFAULT_GROUP_NORM_IMPL, NORMS, make_norm, memory_format
-from mrrobust.models.resnet import PreActResNet, norm_factory
+from mrrobust.models.resnet import PreActResNet, norm_factory, parameter_count
 
-RUN_FORMAT = "mrrobust-run"
-RUN_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -50,13 +49,26 @@ def model_config(**overrides) -> dict:
     return {**MODEL_DEFAULTS, **overrides}
 
 
+TRAINING_COPIES = 4  # weights, gradients and AdamW's two moments, float32 each
+
+
 def build(config: dict) -> PreActResNet:
-    """The network described by a RUN config (or by its `model` section alone)."""
+    """The network described by a RUN config (or by its `model` section alone). The section
+    is schema-checked (`contracts.ModelSection`) and the weights' training memory
+    (`TRAINING_COPIES` float32 copies) checked against the available memory before any
+    allocation."""
     section = config.get("model", config) if isinstance(config, dict) else None
-    spec = model_config(**section) if isinstance(section, dict) else None
-    if spec is None or spec["arch"] != MODEL_DEFAULTS["arch"]:
-        raise MrRobustError(f"cannot build a model from {config!r}: expected a mrrobust "
+    if not isinstance(section, dict) or section.get("arch", MODEL_DEFAULTS["arch"]) != MODEL_DEFAULTS["arch"]:
+        raise MrRobustError(f"cannot build a model from {str(config)[:80]!r}: expected a mrrobust "
                             f"config with arch {MODEL_DEFAULTS['arch']!r}")
+    spec = model_config(**section)
+    if isinstance(spec["norm"], str) and spec["norm"] not in NORMS:  # a flag (a file is checked when read)
+        raise MrRobustError(f"unknown norm {spec['norm']!r}; choose one of {', '.join(NORMS)}")
+    validate(ModelSection, spec, "the model settings", "choose --depth 18 or 34, --width 1..1024 "
+             "and a known --norm (a RUN's config.json: re-run `mrrobust train`)")
+    count = parameter_count(spec["depth"], spec["width"], len(spec["labels"]), spec["in_channels"], spec["pool"])
+    check_fits(count * 4 * TRAINING_COPIES, f"a depth-{spec['depth']} width-{spec['width']} network "
+               f"({count / 1e6:.0f} M weights)", "choose a smaller --width")
     try:
         norm = norm_factory(spec["norm"], spec["groups"], spec["group_norm_impl"])
         return PreActResNet(spec["depth"], spec["width"], norm, spec["labels"],
@@ -102,22 +114,8 @@ def save(model: nn.Module, config: dict, run_dir: Path) -> None:
 
 
 def read_config(run_dir: Path) -> dict:
-    """`run_dir/config.json`, refused unless it is a mrrobust RUN config of this version."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise MrRobustError(f"no {CONFIG_FILE} in {run_dir}: not a mrrobust RUN folder "
-                            f"(make one with `mrrobust train`)")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MrRobustError(f"{path} is not valid JSON ({err}); re-run `mrrobust train`")
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
-        raise MrRobustError(f"{path} is not a mrrobust RUN config (format is not "
-                            f"{RUN_FORMAT!r}); point to a folder written by `mrrobust train`")
-    if config.get("version") != RUN_VERSION:
-        raise MrRobustError(f"{path} has RUN version {config.get('version')}, this mrrobust "
-                            f"reads version {RUN_VERSION}; retrain with this version")
-    return config
+    """`run_dir/config.json`, schema-checked (`contracts.read_run_config`)."""
+    return read_run_config(run_dir)
 
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive; raw pickle protocol 2+

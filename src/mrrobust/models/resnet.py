@@ -84,6 +84,19 @@ class PreActResNet(nn.Module):
         return torch.stack([head(features) for head in self.heads.values()], dim=1)
 
 
+def parameter_count(depth: int, width: int, labels: int, in_channels: int = 1, pool: int = 10) -> int:
+    """Weights of `PreActResNet(depth, width, ..., labels, in_channels, pool)` counted from
+    the architecture, without building it (norm parameters, at most 2 per channel, included)."""
+    count, cin = 9 * in_channels * width, width
+    for blocks, stride, factor in zip(STAGE_BLOCKS[depth], STAGE_STRIDES, STAGE_WIDTHS):
+        cout = width * factor
+        for b in range(blocks):
+            projects = (stride if b == 0 else 1) != 1 or cin != cout
+            count += 9 * cin * cout + 9 * cout * cout + (cin * cout if projects else 0) + 2 * (cin + cout)
+            cin = cout
+    return count + labels * (cin * pool * pool * 2 + 2)
+
+
 def norm_factory(kind: str, groups: int, impl: str) -> Callable[[int, str], nn.Module]:
     """Bind a norm kind to `(channels, name) -> nn.Module` for the blocks."""
     return lambda channels, name: make_norm(kind, channels, groups, name=name, impl=impl)

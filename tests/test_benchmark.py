@@ -1,0 +1,94 @@
+"""`benchmark`: every setting compared with what OUT holds before anything is trained;
+--retrain to redo finished work; --dry-run prints the plan and a measured estimate."""
+
+import sys
+
+import pytest
+
+from mrrobust.benchmark import benchmark, plan, plan_differences
+from mrrobust.errors import MrRobustError
+
+TRAIN = dict(width=4, groups=4, max_epochs=1, workers=0, lr=1e-3, batch_size=16, accelerator="cpu", quiet=True)
+EVALUATE = dict(artifacts=["noise"], severities=[1], bootstrap=0, device="cpu")
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    from mrrobust.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mrrobust", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_bad_arguments_are_refused_before_the_first_file(tiny_store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    for extra, says in ((["--norms", "batch,foo"], "unknown norm(s) 'foo'"),
+                        (["--norms", "batch,batch"], "given twice"),
+                        (["--seeds", "0,0"], "given twice"),
+                        (["--width", "0"], "field width"),
+                        (["--severities", "9"], "severities")):
+        code, _, err = run_cli(monkeypatch, capsys, "benchmark", "--data", tiny_store, "--out", out, *extra)
+        assert code == 2 and err.count("\n") == 1 and says in err, err
+        assert not out.exists() and not list(tmp_path.glob(".*lock"))
+
+
+def test_finished_work_is_never_overwritten_without_retrain(tiny_store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    first = benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=EVALUATE, progress=False)
+    weights = (out / "runs" / "layer-seed0" / "model.safetensors").read_bytes()
+    assert [run["state"] for run in first["plan"]["runs"]] == ["new"]
+
+    again = plan(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=EVALUATE)
+    assert [run["state"] for run in again["runs"]] == ["finished"]
+    assert again["results"]["state"] == "resume" and again["results"]["done"] == again["results"]["cells"] == 2
+    assert plan_differences(again) == []
+
+    longer = dict(TRAIN, max_epochs=2)
+    with pytest.raises(MrRobustError, match=r"runs/layer-seed0: max_epochs 1 -> 2 .the finished run would train "
+                                            r"further.; results: layer-seed0 would be trained .*nothing was trained"):
+        benchmark(tiny_store, out, ["layer"], [0], train_options=longer, evaluate_options=EVALUATE, progress=False)
+    with pytest.raises(MrRobustError, match=r"results: severities \[1\] -> \[1, 2\]"):
+        benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN,
+                  evaluate_options=dict(EVALUATE, severities=[1, 2]), progress=False)
+    with pytest.raises(MrRobustError, match=r"results: runs \['layer-seed0'\] -> \['layer-seed0', 'group-seed0'\]"):
+        benchmark(tiny_store, out, ["layer", "group"], [0], train_options=TRAIN, evaluate_options=EVALUATE,
+                  progress=False)
+    assert (out / "runs" / "layer-seed0" / "model.safetensors").read_bytes() == weights  # untouched
+    assert not (out / "runs" / "group-seed0").exists()
+
+    code, printed, err = run_cli(monkeypatch, capsys, "benchmark", "--data", tiny_store, "--out", out, "--norms", "layer",
+                                 "--width", "4", "--groups", "4", "--max-epochs", "2", "--workers", "0", "--lr", "1e-3",
+                                 "--batch-size", "16", "--accelerator", "cpu", "--artifacts", "noise", "--severities", "1",
+                                 "--bootstrap", "0", "--device", "cpu", "--dry-run")
+    assert code == 0, err
+    assert "runs/layer-seed0: DIFFERS: max_epochs 1 -> 2" in printed and "estimate:" in printed
+    assert "ms per training slice" in printed
+
+    redone = benchmark(tiny_store, out, ["layer"], [0], train_options=longer, evaluate_options=EVALUATE,
+                       progress=False, retrain=True)
+    assert redone["runs"]["layer-seed0"]["epoch"] in ("0", "1")
+    assert len((out / "runs" / "layer-seed0" / "metrics.csv").read_text().splitlines()) == 3  # 2 epochs, from scratch
+    assert plan_differences(plan(tiny_store, out, ["layer"], [0], train_options=longer, evaluate_options=EVALUATE)) == []
+    import shutil
+
+    shutil.rmtree(out / "results")  # a report whose results are gone is not overwritten implicitly
+    assert plan_differences(plan(tiny_store, out, ["layer"], [0], train_options=longer, evaluate_options=EVALUATE)) == [
+        f"report: {out / 'report'} holds a report whose results/ are gone"]
+
+
+def test_dry_run_on_a_new_folder_writes_nothing(tiny_store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    code, printed, err = run_cli(monkeypatch, capsys, "benchmark", "--data", tiny_store, "--out", out,
+                                 "--norms", "batch,layer", "--width", "4", "--groups", "4", "--max-epochs", "3",
+                                 "--accelerator", "cpu", "--artifacts", "noise,motion", "--severities", "1,2",
+                                 "--device", "cpu", "--dry-run")
+    assert code == 0, err
+    assert "runs/batch-seed0: train (3 epochs at most)" in printed and "runs/layer-seed0: train" in printed
+    # batch norm: eval and adapt, layer norm: eval only; each (1 clean + 2 artifacts x 2 severities)
+    assert "results: 15 cells over 36 slices, 0 finished before, 15 to evaluate (new)" in printed
+    assert not out.exists() and list(tmp_path.iterdir()) == []
