@@ -46,17 +46,20 @@ def synth(
     out: Path = typer.Argument(..., help="Folder to write: OUT/knee/<challenge>_{train,val}/*.h5 and OUT/annotations/*.csv."),
     volumes: int = typer.Option(24, help="Number of knee volumes (about 80% train, 20% val)."),
     slices: int = typer.Option(16, help="Sagittal slices per volume."),
-    crop: int = typer.Option(320, help="Reconstruction size (even, >= 32); k-space is (2*crop, ~1.15*crop)."),
+    crop: int = typer.Option(320, help="Reconstruction size (even, 32..640); k-space is (2*crop, ~1.15*crop)."),
     seed: int = typer.Option(0, help="Same seed, same bytes."),
     multicoil: bool = typer.Option(False, "--multicoil", help="Write multicoil_* volumes (coil k-space, RSS only)."),
     coils: int = typer.Option(8, help="Receive coils for --multicoil."),
+    lesion_scale: float = typer.Option(1.0, help="Draw every lesion this many times larger (1..4; the demo's small crops use 3)."),
 ):
-    """Write a synthetic fastMRI knee data set with fastMRI+ annotations (no download needed)."""
+    """Write a synthetic fastMRI knee data set with fastMRI+ annotations (no download needed). Resumes."""
     from mrrobust.data.synth import synth as synth_data
 
-    s = synth_data(out, volumes=volumes, slices=slices, crop=crop, seed=seed, multicoil=multicoil, coils=coils, progress=True)
+    s = synth_data(out, volumes=volumes, slices=slices, crop=crop, seed=seed, multicoil=multicoil, coils=coils,
+                   lesion_scale=lesion_scale, progress=True)
     positives = ", ".join(f"{label} {n}" for label, n in s["positive_slices"].items())
-    print(f"{s['out']}: {s['volumes']} {s['challenge']} volumes ({s['train']} train, {s['val']} val), "
+    reused = f", {s['reused']} finished before" if s["reused"] else ""
+    print(f"{s['out']}: {s['volumes']} {s['challenge']} volumes ({s['train']} train, {s['val']} val{reused}), "
           f"k-space {tuple(s['kspace_shape'])}, {s['reviewed']} reviewed; {s['boxes']} boxes, "
           f"{s['study_level']} study-level rows; positive slices of {s['slices']}: {positives}")
 

@@ -191,11 +191,12 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
             t = math.radians(p["angle"])
             dx, dy = math.cos(t) * p["a"] * taper, math.sin(t) * p["a"] * taper
             line = (p["x"] - dx, p["y"] - dy), (p["x"] + dx, p["y"] + dy)
-            canvas.paint("cortex", A(_segment(X, Y, *line, max(1.5, 0.5 * canvas.pixel))) * marrow)
+            canvas.paint("cortex", A(_segment(X, Y, *line, max(1.5, 0.5 * canvas.pixel) * _lesion_scale(p))) * marrow)
     for params, surface, articular, taper in defects:
         if params["full"]:  # subchondral signal under a full-thickness defect
             under = A(np.abs(X - params["x"]) - params["width"] * taper / 2) * articular
-            canvas.paint("edema", A(surface + CORTEX) * A(-(surface + SUBCHONDRAL)) * under, gain=0.9)
+            depth = SUBCHONDRAL * _lesion_scale(params)
+            canvas.paint("edema", A(surface + CORTEX) * A(-(surface + depth)) * under, gain=0.9)
 
     # joint fluid line, menisci, cruciate ligaments
     canvas.paint("fluid", A(_box(X, Y, 150, 186.5, 200, 189.5)) * (1 - notch), gain=0.7)
@@ -204,7 +205,7 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
         canvas.paint("meniscus", meniscus)
         for f, _ in by_kind.get("mtear", []):
             if f.params["horn"] == horn:
-                canvas.paint("fluid", meniscus * A(_tear_line(X, Y, pts, f.params["angle"], canvas.pixel)))
+                canvas.paint("fluid", meniscus * A(_tear_line(X, Y, pts, f.params, canvas.pixel)))
     ligaments_seen = math.exp(-((z / 0.35) ** 2)) * (1 - A(np.minimum(femur, tibia)))  # in the notch, not in bone
     canvas.paint("ligament", A(_segment(X, Y, *PCL, 5.5)) * ligaments_seen)
     canvas.paint("ligament", A(_segment(X, Y, *ACL, 4.5)) * ligaments_seen)
@@ -232,26 +233,32 @@ def _bones(X, Y, z: float, notch: float):
     return femur, tibia, cortex
 
 
-def _tear_line(X, Y, pts, angle, pixel):
+def _lesion_scale(params: dict) -> float:
+    """How much larger than drawn at scale 1 a lesion is (`plan._scaled`)."""
+    return params.get("scale", 1.0)
+
+
+def _tear_line(X, Y, pts, params, pixel):
     """Signed distance to a cleft through the meniscus horn (at least one pixel wide)."""
     cx = sum(p[0] for p in pts) / 3
     cy = sum(p[1] for p in pts) / 3
-    t = math.radians(angle)
+    t = math.radians(params["angle"])
     dx, dy = 30 * math.cos(t), 30 * math.sin(t)
-    return _segment(X, Y, (cx - dx, cy - dy), (cx + dx, cy + dy), max(1.5, 0.5 * pixel))
+    return _segment(X, Y, (cx - dx, cy - dy), (cx + dx, cy + dy), max(1.5, 0.5 * pixel) * _lesion_scale(params))
 
 
 def _acl_sprain(canvas, X, Y, params, seen):
     """A thickened, bright mid-ACL; high grade adds a fluid gap across the band."""
     A = canvas.alpha
-    canvas.paint("sprain", A(_segment(X, Y, *_acl_part(*SPRAIN), SPRAIN_HALF - 1)) * seen)
+    half = SPRAIN_HALF * _lesion_scale(params)
+    canvas.paint("sprain", A(_segment(X, Y, *_acl_part(*SPRAIN), half - 1)) * seen)
     if params["high_grade"]:
         (x0, y0), (x1, y1) = ACL
         at = params["at"]
         mx, my = x0 + at * (x1 - x0), y0 + at * (y1 - y0)
         nx, ny = -(y1 - y0), x1 - x0
         n = math.hypot(nx, ny)
-        nx, ny = SPRAIN_HALF * nx / n, SPRAIN_HALF * ny / n
+        nx, ny = half * nx / n, half * ny / n
         canvas.paint("fluid", A(_segment(X, Y, (mx - nx, my - ny), (mx + nx, my + ny), max(3.0, 0.6 * canvas.pixel))) * seen)
 
 
@@ -280,14 +287,16 @@ def finding_box(finding: Finding, taper: float) -> tuple[float, float, float, fl
         x1, y1 = pts.max(0) + 2
     elif finding.group == "acl":
         ends = np.array(_acl_part(*SPRAIN))
-        x0, y0 = ends.min(0) - SPRAIN_HALF
-        x1, y1 = ends.max(0) + SPRAIN_HALF
+        half = SPRAIN_HALF * _lesion_scale(p)
+        x0, y0 = ends.min(0) - half
+        x1, y1 = ends.max(0) + half
     elif finding.group == "cartilage":
         half = p["width"] * taper / 2
         x0, x1 = p["x"] - half, p["x"] + half
         y0, y1 = (176.0, 190.0) if p["surface"] == "femur" else (187.0, 200.0)
         if p["full"]:
-            y0, y1 = (y0 - SUBCHONDRAL, y1) if p["surface"] == "femur" else (y0, y1 + SUBCHONDRAL)
+            depth = SUBCHONDRAL * _lesion_scale(p)
+            y0, y1 = (y0 - depth, y1) if p["surface"] == "femur" else (y0, y1 + depth)
     else:
         a, b = p["a"] * taper, p["b"] * taper
         x0, x1, y0, y1 = p["x"] - a, p["x"] + a, p["y"] - b, p["y"] + b

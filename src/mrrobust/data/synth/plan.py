@@ -124,8 +124,20 @@ def _finding_params(rng: np.random.Generator, group: str, label: str) -> dict:
             "a": float(rng.uniform(17, 25)), "b": float(rng.uniform(14, 20)), "angle": float(rng.uniform(-30, 30))}
 
 
-def plan_volumes(volumes: int, slices: int, seed: int) -> list[VolumePlan]:
-    """Everything random about the data set except pixels: ids, split, contrast, findings."""
+def _scaled(params: dict, scale: float) -> dict:
+    """Lesion parameters `scale` times larger: sizes (a, b, width) and, through `params["scale"]`,
+    the line widths the drawing uses (tear, sprain, fracture line, subchondral depth)."""
+    if scale == 1.0:
+        return params
+    sized = {k: v * scale if k in ("a", "b", "width") else v for k, v in params.items()}
+    return {**sized, "scale": scale}
+
+
+def plan_volumes(volumes: int, slices: int, seed: int, lesion_scale: float = 1.0) -> list[VolumePlan]:
+    """Everything random about the data set except pixels: ids, split, contrast, findings.
+
+    `lesion_scale` > 1 draws every lesion that many times larger (the same draws otherwise), so
+    that findings stay visible at a small crop (the demo's 32..64 px)."""
     rng = np.random.default_rng([seed, 0])
     ids = np.sort(rng.choice(100_000, size=volumes, replace=False)) + FIRST_ID
     n_val = round(volumes * VAL_FRACTION) if volumes > 1 else 0
@@ -163,7 +175,7 @@ def plan_volumes(volumes: int, slices: int, seed: int) -> list[VolumePlan]:
         for group, prevalence in PREVALENCE.items():
             if rng.random() < min(1.0, prevalence * slices / mean_run):
                 label = _choice(rng, LABELS[group])
-                params = _finding_params(rng, group, label)
+                params = _scaled(_finding_params(rng, group, label), lesion_scale)
                 run = _run(rng, _allowed(group, params, z), int(rng.integers(2, max_run + 1)))
                 if run:
                     plan.findings.append(Finding(group, label, run, params))
