@@ -43,8 +43,10 @@ def test_step_lines_estimate_the_rest_from_the_mean_step_time():
 @pytest.mark.parametrize("total", [1, 7, 100, 101, 2570])
 def test_a_long_task_prints_at_most_about_a_hundred_lines_and_always_its_end(total):
     stream = io.StringIO()
-    log = StepLog("prepare", total, stream=stream, clock=Clock())
+    clock = Clock()
+    log = StepLog("prepare", total, stream=stream, clock=clock)
     for _ in range(total):
+        clock.now += 5.0
         log.advance()
     lines = stream.getvalue().splitlines()
     assert 1 <= len(lines) <= 101 and lines[-1].startswith(f"[prepare] {total}/{total}")
@@ -61,8 +63,8 @@ def test_progress_bar_writes_lines_to_a_log_and_nothing_to_a_terminal():
                 bar.update(task, description=cell)
                 bar.advance(task)
     lines = log.getvalue().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["[evaluate] 1/3 clean-0", "[evaluate] 2/3 noise-1",
-                                                      "[evaluate] 3/3 noise-2"]
+    # fast steps: the first line, then none for MIN_INTERVAL seconds, and always the last
+    assert [line.split(":")[0] for line in lines] == ["[evaluate] 1/3 clean-0", "[evaluate] 3/3 noise-2"]
     assert "left" in lines[0] and "left" not in lines[-1]
     assert terminal.getvalue() == ""
     quiet = io.StringIO()
@@ -78,7 +80,17 @@ def test_progress_bar_update_with_advance_counts_like_advance():
         for _ in range(5):
             bar.update(job, advance=1, description="prepare (0 skipped)")
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 5 and lines[-1].startswith("[prepare] 5/5 prepare (0 skipped)")
+    assert lines == ["[prepare] 1/5 (0 skipped): 0 s elapsed, about 0 s left", "[prepare] 5/5 (0 skipped): 0 s elapsed"]
+
+
+def test_lines_are_at_least_an_interval_apart_except_the_last():
+    clock, stream = Clock(), io.StringIO()
+    log = StepLog("synth", 10, stream=stream, clock=clock, interval=2.0)
+    for _ in range(10):
+        clock.now += 0.5
+        log.advance()
+    done = [line.split()[1].rstrip(":") for line in stream.getvalue().splitlines()]
+    assert done == ["1/10", "5/10", "9/10", "10/10"]
 
 
 def test_epoch_lines_from_a_real_lightning_fit():

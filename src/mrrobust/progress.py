@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 MAX_LINES = 100  # plain lines per task at most: a step of a long task is 1/100 of it
+MIN_INTERVAL = 2.0  # seconds between two lines of a task (its last step always prints)
 
 
 def logging_to_file(stream=None) -> bool:
@@ -43,14 +44,16 @@ def duration(seconds: float) -> str:
 class StepLog:
     """Plain progress lines `[what] done/total step: elapsed, about ... left` on `stream`.
 
-    The estimate is the mean time per step so far times the steps left. `every` steps a line
-    (default: so that a task prints at most `MAX_LINES`); the last step always prints.
-    `clock` returns seconds (tests pass a fake one)."""
+    The estimate is the mean time per step so far times the steps left. A line every `every`
+    steps (default: so that a task prints at most `MAX_LINES`) and at most one per `interval`
+    seconds; the last step always prints. `clock` returns seconds (tests pass a fake one)."""
 
-    def __init__(self, what: str, total: int | None, stream=None, every: int | None = None, clock=time.monotonic):
-        self.what, self.total, self.stream, self.clock = what, total, stream, clock
+    def __init__(self, what: str, total: int | None, stream=None, every: int | None = None,
+                 interval: float = MIN_INTERVAL, clock=time.monotonic):
+        self.what, self.total, self.stream, self.clock, self.interval = what, total, stream, clock, interval
         self.every = every or (max(1, math.ceil(total / MAX_LINES)) if total else 1)
         self.start, self.done = clock(), 0
+        self.printed = -math.inf
 
     def line(self, done: int, step: str = "") -> str:
         """The text of the line after `done` finished steps."""
@@ -64,8 +67,10 @@ class StepLog:
     def advance(self, step: str = "", steps: int = 1) -> None:
         """Count `steps` finished steps; print a line when a multiple of `every` (or the end) is crossed."""
         before, self.done = self.done, self.done + steps
-        last = self.total is not None and self.done >= self.total
-        if self.done // self.every > before // self.every or (last and before < self.total):
+        last = self.total is not None and self.done >= self.total and before < self.total
+        due = self.done // self.every > before // self.every and self.clock() - self.printed >= self.interval
+        if due or last:
+            self.printed = self.clock()
             print(self.line(self.done, step), file=self.stream or sys.stdout, flush=True)
 
 
@@ -95,7 +100,10 @@ class _LoggedProgress(Progress):
     def _log(self, task_id, steps: int) -> None:
         log = self._logs.get(task_id)
         if log is not None:
-            log.advance(self._tasks[task_id].description.strip(), steps)
+            step = self._tasks[task_id].description.strip()
+            if step.split(" ", 1)[0] == log.what:  # "prepare (2 skipped)" -> "(2 skipped)"
+                step = step[len(log.what):].strip()
+            log.advance(step, steps)
 
 
 def progress_bar(enabled: bool, stream=None) -> Progress:
@@ -106,9 +114,10 @@ def progress_bar(enabled: bool, stream=None) -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     console = Console(stderr=True)
+    bar = enabled and console.is_terminal  # a bar only where someone watches it
     if enabled and logging_to_file(stream):
-        return _LoggedProgress(*columns, console=console, disable=not console.is_terminal, stream=stream)
-    return Progress(*columns, console=console, disable=not enabled)
+        return _LoggedProgress(*columns, console=console, disable=not bar, stream=stream)
+    return Progress(*columns, console=console, disable=not bar)
 
 
 def _lightning_callback():
@@ -127,7 +136,8 @@ class EpochLines(_lightning_callback()):
         self.name, self.stream, self._log = name, stream, None
 
     def on_train_start(self, trainer, module) -> None:
-        self._log = StepLog(f"train {self.name}".strip(), trainer.max_epochs, stream=self.stream, every=1)
+        self._log = StepLog(f"train {self.name}".strip(), trainer.max_epochs, stream=self.stream, every=1,
+                            interval=0.0)
         self._log.done = trainer.current_epoch  # a resumed run counts the epochs it had
 
     def on_train_epoch_end(self, trainer, module) -> None:
