@@ -193,9 +193,9 @@ def _knee_layers(canvas: _Canvas, X, Y, z: float, findings: list[tuple[Finding, 
             line = (p["x"] - dx, p["y"] - dy), (p["x"] + dx, p["y"] + dy)
             canvas.paint("cortex", A(_segment(X, Y, *line, max(1.5, 0.5 * canvas.pixel) * _lesion_scale(p))) * marrow)
     for params, surface, articular, taper in defects:
-        if params["full"]:  # subchondral signal under a full-thickness defect
+        depth = _subchondral_depth(params)
+        if depth > 0:  # subchondral signal under a full-thickness (or a scaled-up) defect
             under = A(np.abs(X - params["x"]) - params["width"] * taper / 2) * articular
-            depth = SUBCHONDRAL * _lesion_scale(params)
             canvas.paint("edema", A(surface + CORTEX) * A(-(surface + depth)) * under, gain=0.9)
 
     # joint fluid line, menisci, cruciate ligaments
@@ -236,6 +236,13 @@ def _bones(X, Y, z: float, notch: float):
 def _lesion_scale(params: dict) -> float:
     """How much larger than drawn at scale 1 a lesion is (`plan._scaled`)."""
     return params.get("scale", 1.0)
+
+
+def _subchondral_depth(params: dict) -> float:
+    """Depth (units) of the edema under a cartilage defect: `SUBCHONDRAL` under a full-thickness
+    one, none under a partial one; a lesion scale s > 1 deepens both (full: s, partial: s - 1 times it)."""
+    scale = _lesion_scale(params)
+    return SUBCHONDRAL * (scale if params["full"] else scale - 1)
 
 
 def _tear_line(X, Y, pts, params, pixel):
@@ -294,8 +301,8 @@ def finding_box(finding: Finding, taper: float) -> tuple[float, float, float, fl
         half = p["width"] * taper / 2
         x0, x1 = p["x"] - half, p["x"] + half
         y0, y1 = (176.0, 190.0) if p["surface"] == "femur" else (187.0, 200.0)
-        if p["full"]:
-            depth = SUBCHONDRAL * _lesion_scale(p)
+        depth = _subchondral_depth(p)
+        if depth > 0:
             y0, y1 = (y0 - depth, y1) if p["surface"] == "femur" else (y0, y1 + depth)
     else:
         a, b = p["a"] * taper, p["b"] * taper
