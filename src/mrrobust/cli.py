@@ -336,23 +336,32 @@ def _print_runs(runs: dict) -> None:
 @command
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, STORE, runs, results, report and gallery."),
-    volumes: int = typer.Option(96, help="Synthetic volumes."),
+    volumes: int = typer.Option(96, help="Synthetic volumes (>= 12)."),
     slices: int = typer.Option(16, help="Slices per volume."),
-    crop: int = typer.Option(64, help="Image size in pixels (small, so it runs on a laptop CPU)."),
-    width: int = typer.Option(16, help="ResNet base width."),
-    epochs: int = typer.Option(8, help="Training epochs per norm."),
-    seed: int = typer.Option(0, help="One seed for data, split, training and corruptions."),
+    crop: int = typer.Option(32, help="Image size in pixels (small, so it runs on a laptop CPU)."),
+    lesion_scale: float = typer.Option(3.0, help="Lesions drawn this many times larger, so they stay visible at --crop."),
+    width: int = typer.Option(8, help="ResNet base width (a multiple of 4)."),
+    epochs: int = typer.Option(8, help="Training epochs per run."),
+    seed: int = typer.Option(0, help="Seed of the data, split and corruptions."),
+    seeds: str = typer.Option("0,1,2", help="Training seeds: one run per norm and seed."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or progress lines."),
 ):
-    """synth -> prepare -> train batch/group/layer norm -> evaluate the artifact grid -> report, small, on the CPU. Resumes."""
-    from mrrobust.benchmark import demo as run_demo
+    """synth -> prepare -> train batch/group/layer norm x 3 seeds -> evaluate an artifact grid -> report -> gallery, small, on the CPU. Resumes."""
+    from mrrobust.demo import demo as run_demo
 
-    summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, width=width, epochs=epochs,
-                       seed=seed, bootstrap=bootstrap, progress=not quiet)
+    summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, lesion_scale=lesion_scale, width=width,
+                       epochs=epochs, seed=seed, seeds=_integers(seeds, "--seeds"), bootstrap=bootstrap,
+                       progress=not quiet)
     print(f"STORE {summary['store']}")
     _print_runs(summary["runs"])
-    print(f"results {summary['results']}\nreport {summary['report']}\ngallery {summary['gallery']}")
+    for run, auc in summary["clean_test_auc"].items():
+        print(f"{run:>14}: clean test mean AUC {'undefined' if auc is None else f'{auc:.3f}'}")
+    print(f"results {summary['results']}\ngallery {summary['gallery']}")
+    print("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stages"].items()))
+    print(f"report {summary['report']}")
+    for number, finding in enumerate(summary["findings"], start=1):
+        print(f"finding {number}: {finding}")
 
 
 def main() -> None:
