@@ -85,3 +85,21 @@ def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
     (foreign / "thesis.tex").write_text("x")
     with pytest.raises(MrRobustError, match="not a demo folder"):
         _claim(foreign, {"crop": 32})
+
+
+def test_cli_refuses_bad_demo_and_synth_arguments_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mrrobust
+
+    env = {**os.environ, "PYTHONPATH": str(Path(mrrobust.__file__).parents[1])}
+    for args, words in ((["demo", "--out", str(tmp_path / "d"), "--volumes", "0", "--crop", "7"], "--volumes 0"),
+                        (["synth", str(tmp_path / "s"), "--crop", "100000"], "--crop 100000")):
+        result = subprocess.run([sys.executable, "-m", "mrrobust.cli", *args], capture_output=True, text=True,
+                                env=env, timeout=300)
+        assert result.returncode == 2 and words in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()
