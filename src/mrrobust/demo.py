@@ -10,7 +10,7 @@ checked before anything is written.
 Why these sizes (README, "Why batch norm failed in the demo"): lesions drawn at their
 320 px size are a pixel or less at a small crop, so a network only memorises; 32 px slices
 with lesions three times larger (`synth --lesion-scale 3`) keep every finding a few pixels
-wide, and a width-8 ResNet-18 at lr 1e-3 learns them in a few epochs. The uniform sampler:
+wide, and a width-8 ResNet-18 at lr 1e-3 with weight decay 0.05 learns them in a few epochs. The uniform sampler:
 on a small set the study's sampler (weights inverse to the number of positive labels on a
 slice) gives the one or two slices with three positive labels a quarter of every batch.
 """
@@ -26,9 +26,9 @@ from mrrobust.errors import MrRobustError
 
 DEMO_NORMS = ("batch", "group", "layer")
 DEMO_SEEDS = (0, 1, 2)
-# the artifact grid of the demo: two k-space and two image-domain artifacts, and motion
-# (the study's headline artifact), at three of the five severities
-DEMO_ARTIFACTS = ("noise", "motion", "ghosting", "bias_field", "contrast")
+# the artifact grid of the demo: two k-space artifacts (noise; motion, the study's headline
+# artifact) and two image-domain ones, at three of the five severities
+DEMO_ARTIFACTS = ("noise", "motion", "bias_field", "contrast")
 DEMO_SEVERITIES = (1, 3, 5)
 DEMO = dict(volumes=96, slices=16, crop=32, lesion_scale=3.0, width=8, epochs=8, seed=0, bootstrap=200)
 
@@ -136,8 +136,10 @@ def demo(out: Path, volumes: int = DEMO["volumes"], slices: int = DEMO["slices"]
     mark = stage("prepare", mark)
     # the study's lr (1e-5) needs hundreds of epochs; the demo's tiny net learns at 1e-3.
     # The uniform sampler and the sizes: see the module docstring.
-    train_options = dict(width=width, groups=4, lr=1e-3, batch_size=32, max_epochs=epochs, patience=epochs,
-                         weighted_sampler=False, workers=0, accelerator="cpu", quiet=True)
+    # Weight decay 0.05 (AdamW's usual range; the study's 1e-4 barely regularises 8 epochs):
+    # batch norm's weakest seed 0.791 -> 0.877 clean test mean AUC (README).
+    train_options = dict(width=width, groups=4, lr=1e-3, weight_decay=0.05, batch_size=32, max_epochs=epochs,
+                         patience=epochs, weighted_sampler=False, workers=0, accelerator="cpu", quiet=True)
     evaluate_options = dict(device="cpu", seed=seed, bootstrap=bootstrap, batch_size=64,
                             artifacts=list(DEMO_ARTIFACTS), severities=list(DEMO_SEVERITIES))
     result = benchmark(store, out, norms, seeds, train_options=train_options,
