@@ -59,6 +59,7 @@ def test_clean_aucs_read_the_clean_mean_auc_of_each_run(tmp_path):
     (dict(lesion_scale=0.0), "--lesion-scale 0.0"),
     (dict(seeds=(0, 0)), "--seeds 0,0"),
     (dict(seeds=()), "--seeds"),
+    (dict(threads=0), "--threads 0"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, change, words):
     out = tmp_path / "demo"

@@ -345,6 +345,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the data, split and corruptions."),
     seeds: str = typer.Option("0,1,2", help="Training seeds: one run per norm and seed."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's; 1 is faster on a busy machine)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or progress lines."),
 ):
     """synth -> prepare -> train batch/group/layer norm x 3 seeds -> evaluate an artifact grid -> report -> gallery, small, on the CPU. Resumes."""
@@ -352,7 +353,7 @@ def demo(
 
     summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, lesion_scale=lesion_scale, width=width,
                        epochs=epochs, seed=seed, seeds=_integers(seeds, "--seeds"), bootstrap=bootstrap,
-                       progress=not quiet)
+                       threads=threads, progress=not quiet)
     print(f"STORE {summary['store']}")
     _print_runs(summary["runs"])
     for run, auc in summary["clean_test_auc"].items():

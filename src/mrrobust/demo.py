@@ -34,7 +34,7 @@ DEMO = dict(volumes=96, slices=16, crop=32, lesion_scale=3.0, width=8, epochs=8,
 
 
 def check_demo(volumes: int, slices: int, crop: int, lesion_scale: float, width: int, epochs: int, seed: int,
-               bootstrap: int, norms, seeds) -> None:
+               bootstrap: int, norms, seeds, threads: int | None = None) -> None:
     """Refuse bad demo settings in one line, before anything is written (demo.json included)."""
     from mrrobust.data.synth import MAX_CROP, MAX_LESION_SCALE, MAX_SLICES, MAX_VOLUMES
 
@@ -57,6 +57,8 @@ def check_demo(volumes: int, slices: int, crop: int, lesion_scale: float, width:
         problems.append(f"--bootstrap {bootstrap} (need >= 0)")
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         problems.append(f"--seeds {','.join(map(str, seeds))} (need distinct seeds >= 0)")
+    if threads is not None and threads < 1:
+        problems.append(f"--threads {threads} (need >= 1, or leave it out for torch's default)")
     if not norms or len(set(norms)) != len(norms):
         problems.append(f"norms {','.join(norms)} (need distinct norms)")
     if problems:
@@ -101,20 +103,26 @@ def _clean_aucs(results: Path) -> dict[str, float | None]:
 def demo(out: Path, volumes: int = DEMO["volumes"], slices: int = DEMO["slices"], crop: int = DEMO["crop"],
          lesion_scale: float = DEMO["lesion_scale"], width: int = DEMO["width"], epochs: int = DEMO["epochs"],
          seed: int = DEMO["seed"], seeds=DEMO_SEEDS, norms=DEMO_NORMS, bootstrap: int = DEMO["bootstrap"],
-         progress: bool = True) -> dict:
+         threads: int | None = None, progress: bool = True) -> dict:
     """Run the whole pipeline small under `out`; returns the summary it writes to
     `out/summary.json`: store, runs (best epoch rows), clean test mean AUC per run, results,
     report, findings (the report's, when it returns them), gallery, and `stages` (wall
     seconds of each stage, and CPU seconds of this process). `seed` seeds data, split and
     corruptions; `seeds` are the training seeds of every norm; `crop` px slices; a
-    ResNet-18 of base width `width`; `bootstrap` resamples for the confidence intervals."""
+    ResNet-18 of base width `width`; `bootstrap` resamples for the confidence intervals;
+    `threads` torch's intra-op threads (None: torch's default; on a busy machine 1 is much
+    faster for this small network, README "Troubleshooting")."""
     from mrrobust.benchmark import benchmark
 
     norms, seeds = list(norms), [int(s) for s in seeds]
-    check_demo(volumes, slices, crop, lesion_scale, width, epochs, seed, bootstrap, norms, seeds)
+    check_demo(volumes, slices, crop, lesion_scale, width, epochs, seed, bootstrap, norms, seeds, threads)
     out = Path(out)
     _claim(out, dict(volumes=volumes, slices=slices, crop=crop, lesion_scale=lesion_scale, width=width,
                      epochs=epochs, seed=seed, seeds=seeds, norms=norms, bootstrap=bootstrap))
+    if threads is not None:  # not a result-changing setting: not part of demo.json
+        import torch
+
+        torch.set_num_threads(threads)
     raw, store = out / "synth", out / "store"
     stages: dict[str, float] = {}
     started, cpu = time.perf_counter(), time.process_time()
