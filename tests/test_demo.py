@@ -1,36 +1,81 @@
-"""The demo runs the whole pipeline end to end, small, and resumes without redoing work."""
+"""The demo runs the whole pipeline end to end, small, resumes without redoing work, and refuses
+bad arguments before writing anything."""
 
 import json
 
-from mrrobust.benchmark import DEMO_NORMS, demo
+import pytest
+
+from mrrobust.demo import DEMO_ARTIFACTS, DEMO_NORMS, _claim, _clean_aucs, check_demo, demo
+from mrrobust.errors import MrRobustError
 
 
 def test_demo_end_to_end_and_resume(tmp_path):
     out = tmp_path / "demo"
-    kwargs = dict(volumes=12, slices=6, crop=32, width=8, epochs=1, progress=False)
+    kwargs = dict(volumes=12, slices=6, crop=32, width=8, epochs=1, seeds=(0,), bootstrap=20, progress=False)
     summary = demo(out, **kwargs)
-    assert set(summary["runs"]) == set(DEMO_NORMS)
-    for norm, best in summary["runs"].items():
+    assert set(summary["runs"]) == {f"{norm}-seed0" for norm in DEMO_NORMS}
+    for name, best in summary["runs"].items():
         assert best["epoch"] == "0" and 0.0 <= float(best["val_auc_mean"]) <= 1.0
-        assert (out / "runs" / f"{norm}-seed0" / "model.safetensors").is_file()
+        assert (out / "runs" / name / "model.safetensors").is_file()
     assert (out / "gallery.png").stat().st_size > 10_000
     results = out / "results" / "results.csv"
-    assert {"noise", "motion", "clean"} <= {line.split(",")[4] for line in results.read_text().splitlines()[1:]}
-    report = (out / "report" / "report.md").read_text()
-    assert "Corruption errors" in report or "mCE" in report
+    header = results.read_text().splitlines()[0].split(",")
+    artifacts = {line.split(",")[header.index("artifact")] for line in results.read_text().splitlines()[1:]}
+    assert artifacts == {"clean", *DEMO_ARTIFACTS}
+    assert set(summary["clean_test_auc"]) == set(summary["runs"])
+    assert all(auc is None or 0.0 <= auc <= 1.0 for auc in summary["clean_test_auc"].values())
+    assert (out / "report" / "report.md").read_text().strip()
+    stages = summary["stages"]
+    assert {"synth", "prepare", "benchmark (train, evaluate, report)", "gallery", "total"} <= set(stages)
+    assert stages["total"] >= sum(v for k, v in stages.items() if k not in ("total", "cpu (this process)")) - 0.5
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
-    stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("*.safetensors"), *out.rglob("*.npy")]}
-    demo(out, **kwargs)  # every step finished: nothing is trained or predicted again
-    assert {p: p.stat().st_mtime_ns for p in [*out.rglob("*.safetensors"), *out.rglob("*.npy")]} == stamps
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("*.safetensors"), *out.rglob("*.npy"), *out.rglob("*.h5")]}
+    demo(out, **kwargs)  # every step finished: nothing is synthesised, trained or predicted again
+    assert {p: p.stat().st_mtime_ns for p in [*out.rglob("*.safetensors"), *out.rglob("*.npy"),
+                                              *out.rglob("*.h5")]} == stamps
+
+
+def test_clean_aucs_read_the_clean_mean_auc_of_each_run(tmp_path):
+    (tmp_path / "results.csv").write_text(
+        "run,norm,seed,bn_mode,artifact,severity,label,metric,value,ci_low,ci_high\n"
+        "batch-seed0,batch,0,eval,clean,0,mean,auc,0.91,0.8,0.95\n"
+        "batch-seed0,batch,0,adapt,clean,0,mean,auc,0.5,0.4,0.6\n"
+        "batch-seed0,batch,0,eval,clean,0,acl,auc,0.7,0.6,0.8\n"
+        "batch-seed0,batch,0,eval,noise,3,mean,auc,0.6,0.5,0.7\n"
+        "group-seed0,group,0,eval,clean,0,mean,auc,0.83,0.7,0.9\n"
+        "layer-seed0,layer,0,eval,clean,0,mean,auc,,,\n")
+    assert _clean_aucs(tmp_path) == {"batch-seed0": 0.91, "group-seed0": 0.83, "layer-seed0": None}
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(volumes=0), "--volumes 0"),
+    (dict(crop=7), "--crop 7"),
+    (dict(crop=100_000), "--crop 100000"),
+    (dict(epochs=0), "--epochs 0"),
+    (dict(width=0), "--width 0"),
+    (dict(width=6), "--width 6"),
+    (dict(bootstrap=-1), "--bootstrap -1"),
+    (dict(lesion_scale=0.0), "--lesion-scale 0.0"),
+    (dict(seeds=(0, 0)), "--seeds 0,0"),
+    (dict(seeds=()), "--seeds"),
+    (dict(threads=0), "--threads 0"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, change, words):
+    out = tmp_path / "demo"
+    with pytest.raises(MrRobustError, match=words) as info:
+        demo(out, **{**dict(progress=False), **change})
+    assert "\n" not in str(info.value)
+    assert not out.exists()  # no demo.json: the corrected command is not blocked
+
+
+def test_all_problems_are_named_in_one_line():
+    with pytest.raises(MrRobustError, match=r"--volumes 0 .*--crop 7 .*--width 0 .*--epochs 0"):
+        check_demo(volumes=0, slices=16, crop=7, lesion_scale=3.0, width=0, epochs=0, seed=0, bootstrap=200,
+                   norms=list(DEMO_NORMS), seeds=[0, 1, 2])
 
 
 def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
-    import pytest
-
-    from mrrobust.benchmark import _claim
-    from mrrobust.errors import MrRobustError
-
     out = tmp_path / "demo"
     _claim(out, {"crop": 32, "seed": 0})
     _claim(out, {"crop": 32, "seed": 0})  # the same settings: a resume
@@ -41,3 +86,21 @@ def test_demo_refuses_other_settings_and_foreign_folders(tmp_path):
     (foreign / "thesis.tex").write_text("x")
     with pytest.raises(MrRobustError, match="not a demo folder"):
         _claim(foreign, {"crop": 32})
+
+
+def test_cli_refuses_bad_demo_and_synth_arguments_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mrrobust
+
+    env = {**os.environ, "PYTHONPATH": str(Path(mrrobust.__file__).parents[1])}
+    for args, words in ((["demo", "--out", str(tmp_path / "d"), "--volumes", "0", "--crop", "7"], "--volumes 0"),
+                        (["synth", str(tmp_path / "s"), "--crop", "100000"], "--crop 100000")):
+        result = subprocess.run([sys.executable, "-m", "mrrobust.cli", *args], capture_output=True, text=True,
+                                env=env, timeout=300)
+        assert result.returncode == 2 and words in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()

@@ -139,11 +139,11 @@ def test_prevalence_close_to_fastmri_plus():
     assert min(runs) >= 1 and 2 <= np.mean(runs) <= 5  # boxes span a few consecutive slices
 
 
-@pytest.mark.parametrize("crop, slices", [(64, 16), (160, 8)])
-def test_each_lesion_is_drawn_inside_its_box(crop, slices):
+@pytest.mark.parametrize("crop, slices, scale", [(64, 16, 1.0), (160, 8, 1.0), (48, 16, 3.0)])
+def test_each_lesion_is_drawn_inside_its_box(crop, slices, scale):
     """Noise-free images with and without findings differ (mostly) inside the annotated box,
     read in the array frame as row = crop - y - height (the fastMRI+ flip)."""
-    plans = S.plan_volumes(40, slices, seed=2)
+    plans = S.plan_volumes(40, slices, seed=2, lesion_scale=scale)
     seen = set()
     for plan in plans:  # one volume for each kind of finding
         todo = [f for f in plan.findings if (f.group, f.params.get("kind")) not in seen]
@@ -185,13 +185,100 @@ def test_bad_arguments_and_existing_output(tmp_path):
         S.synth(tmp_path / "x", multicoil=True, coils=1, crop=32)
     with pytest.raises(MrRobustError, match="--seed -1"):
         S.synth(tmp_path / "x", volumes=2, slices=2, crop=32, seed=-1)
+    with pytest.raises(MrRobustError, match="lesion-scale 0.5"):
+        S.synth(tmp_path / "x", volumes=2, slices=2, crop=32, lesion_scale=0.5)
     assert not (tmp_path / "x").exists()
     S.synth(tmp_path / "y", volumes=2, slices=2, crop=32)
-    with pytest.raises(MrRobustError, match="already holds"):
-        S.synth(tmp_path / "y", volumes=2, slices=2, crop=32)
+    again = S.synth(tmp_path / "y", volumes=2, slices=2, crop=32)  # the same call: finished, nothing written
+    assert (again["written"], again["reused"]) == (0, 2)
+    with pytest.raises(MrRobustError, match=r"other settings \(volumes 2 -> 3\)"):
+        S.synth(tmp_path / "y", volumes=3, slices=2, crop=32)
     with pytest.raises(MrRobustError, match="other content"):
         S.synth(tmp_path / "y", volumes=3, slices=2, crop=32, multicoil=True)
+    assert not (tmp_path / "y" / "knee" / "multicoil_train").exists()  # refused before writing
+    foreign = tmp_path / "z" / "knee" / "singlecoil_train"
+    foreign.mkdir(parents=True)
+    (foreign / "file1000001.h5").write_bytes(b"a real volume")
+    with pytest.raises(MrRobustError, match="no synth record"):
+        S.synth(tmp_path / "z", volumes=2, slices=2, crop=32)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(crop=100_000), "--crop 100000 (need an even number in 32..640"),
+    (dict(slices=100_000), "--slices 100000 (need 1..100"),
+    (dict(volumes=0, crop=7), "--volumes 0 (need 1..5000), --crop 7"),
+    (dict(multicoil=True, coils=1000), "--coils 1000 (need 2..32"),
+])
+def test_sizes_are_checked_before_anything_is_allocated(tmp_path, kwargs, words):
+    """Bounds from fastMRI's largest knee volumes; one line, nothing written."""
+    with pytest.raises(MrRobustError) as info:
+        S.synth(tmp_path / "x", **kwargs)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_memory_and_disk_are_checked_against_what_the_volumes_need(tmp_path, monkeypatch):
+    memory, size = S._volume_bytes(36, 320, 15)  # a fastMRI multi-coil knee volume
+    assert size == 36 * 15 * 640 * 368 * 8 + 36 * 320 * 320 * 4  # k-space + the RSS
+    assert memory > 4 * 36 * 15 * 640 * 368 * 8
+    monkeypatch.setattr(S, "_available_memory", lambda: memory - 1)
+    with pytest.raises(MrRobustError, match="needs about .* of memory"):
+        S.synth(tmp_path / "x", volumes=1, slices=36, crop=320, multicoil=True, coils=15)
+    monkeypatch.setattr(S, "_available_memory", lambda: None)
+    monkeypatch.setattr(S, "_free_disk", lambda out: 10 * size - 1)
+    with pytest.raises(MrRobustError, match="10 volumes need about .* on disk"):
+        S.synth(tmp_path / "x", volumes=10, slices=36, crop=320, multicoil=True, coils=15)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_synth_resumes_to_the_same_bytes(tmp_path):
+    """SIGKILL a real synth process mid-way; the same call again finishes it, and the files
+    equal those of an uninterrupted synth."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = dict(volumes=60, slices=8, crop=32, seed=4)
+    code = (f"from mrrobust.data.synth import synth; synth({str(tmp_path / 'killed')!r}, **{args!r})")
+    env = {**os.environ, "PYTHONPATH": str(Path(mrrobust.__file__).parents[1])}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env)
+    train = tmp_path / "killed" / "knee" / "singlecoil_train"
+    deadline = time.monotonic() + 120
+    while not (train.is_dir() and len(list(train.glob("*.h5"))) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(list((tmp_path / "killed").rglob("*.h5")))
+    assert 3 <= written < args["volumes"]  # killed mid-way
+    resumed = S.synth(tmp_path / "killed", **args)
+    assert resumed["written"] == args["volumes"] - written
+    S.synth(tmp_path / "fresh", **args)
+
+    def digests(root):
+        return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert digests(tmp_path / "killed") == digests(tmp_path / "fresh")
+
+
+def test_lesion_scale_draws_larger_lesions_inside_larger_boxes():
+    """The plan's draws do not change with the scale; the boxes (and the lesions in them) grow."""
+    base, large = S.plan_volumes(30, 8, seed=2), S.plan_volumes(30, 8, seed=2, lesion_scale=3.0)
+    assert [p.volume_id for p in base] == [p.volume_id for p in large]
+    pairs = [(a, b) for p, q in zip(base, large) for a, b in zip(p.findings, q.findings)]
+    assert pairs and all(a.slices == b.slices and a.label == b.label for a, b in pairs)
+    for a, b in pairs:
+        box_a, box_b = S.finding_box(a, 1.0), S.finding_box(b, 1.0)
+        if a.group != "mtear":  # the tear grows inside its meniscus, whose box is fixed
+            assert box_b[2] * box_b[3] > box_a[2] * box_a[3]
+    volume = next(k for k, p in enumerate(base) if p.findings)
+    clean = np.abs(S.volume_images(dataclasses.replace(base[volume], findings=[]), 8, 64))
+    changed = {scale: int((np.abs(np.abs(S.volume_images(plans[volume], 8, 64)) - clean) > 0.05 * clean.max()).sum())
+               for scale, plans in ((1, base), (3, large))}
+    assert changed[3] > 2 * changed[1] > 0  # the lesions change more pixels
 
 
 def test_some_volumes_share_a_patient_as_pd_and_pdfs_pairs():

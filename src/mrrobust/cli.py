@@ -109,17 +109,20 @@ def synth(
     out: Path = typer.Argument(..., help="Folder to write: OUT/knee/<challenge>_{train,val}/*.h5 and OUT/annotations/*.csv."),
     volumes: int = typer.Option(24, help="Number of knee volumes (about 80% train, 20% val)."),
     slices: int = typer.Option(16, help="Sagittal slices per volume."),
-    crop: int = typer.Option(320, help="Reconstruction size (even, >= 32); k-space is (2*crop, ~1.15*crop)."),
+    crop: int = typer.Option(320, help="Reconstruction size (even, 32..640); k-space is (2*crop, ~1.15*crop)."),
     seed: int = typer.Option(0, help="Same seed, same bytes."),
     multicoil: bool = typer.Option(False, "--multicoil", help="Write multicoil_* volumes (coil k-space, RSS only)."),
     coils: int = typer.Option(8, help="Receive coils for --multicoil."),
+    lesion_scale: float = typer.Option(1.0, help="Draw every lesion this many times larger (1..4; the demo's small crops use 3)."),
 ):
-    """Write a synthetic fastMRI knee data set with fastMRI+ annotations (no download needed)."""
+    """Write a synthetic fastMRI knee data set with fastMRI+ annotations (no download needed). Resumes."""
     from mrrobust.data.synth import synth as synth_data
 
-    s = synth_data(out, volumes=volumes, slices=slices, crop=crop, seed=seed, multicoil=multicoil, coils=coils, progress=True)
+    s = synth_data(out, volumes=volumes, slices=slices, crop=crop, seed=seed, multicoil=multicoil, coils=coils,
+                   lesion_scale=lesion_scale, progress=True)
     positives = ", ".join(f"{label} {n}" for label, n in s["positive_slices"].items())
-    print(f"{s['out']}: {s['volumes']} {s['challenge']} volumes ({s['train']} train, {s['val']} val), "
+    reused = f", {s['reused']} finished before" if s["reused"] else ""
+    print(f"{s['out']}: {s['volumes']} {s['challenge']} volumes ({s['train']} train, {s['val']} val{reused}), "
           f"k-space {tuple(s['kspace_shape'])}, {s['reviewed']} reviewed; {s['boxes']} boxes, "
           f"{s['study_level']} study-level rows; positive slices of {s['slices']}: {positives}")
 
@@ -438,23 +441,33 @@ def _print_runs(runs: dict) -> None:
 @command
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the synthetic data, STORE, runs, results, report and gallery."),
-    volumes: int = typer.Option(96, help="Synthetic volumes."),
+    volumes: int = typer.Option(96, help="Synthetic volumes (>= 12)."),
     slices: int = typer.Option(16, help="Slices per volume."),
-    crop: int = typer.Option(64, help="Image size in pixels (small, so it runs on a laptop CPU)."),
-    width: int = typer.Option(16, help="ResNet base width."),
-    epochs: int = typer.Option(8, help="Training epochs per norm."),
-    seed: int = typer.Option(0, help="One seed for data, split, training and corruptions."),
+    crop: int = typer.Option(32, help="Image size in pixels (small, so it runs on a laptop CPU)."),
+    lesion_scale: float = typer.Option(3.0, help="Lesions drawn this many times larger, so they stay visible at --crop."),
+    width: int = typer.Option(8, help="ResNet base width (a multiple of 4)."),
+    epochs: int = typer.Option(8, help="Training epochs per run."),
+    seed: int = typer.Option(0, help="Seed of the data, split and corruptions."),
+    seeds: str = typer.Option("0,1,2", help="Training seeds: one run per norm and seed."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples for the confidence intervals."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: torch's; 1 is faster on a busy machine)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars or progress lines."),
 ):
-    """synth -> prepare -> train batch/group/layer norm -> evaluate the artifact grid -> report, small, on the CPU. Resumes."""
-    from mrrobust.benchmark import demo as run_demo
+    """synth -> prepare -> train batch/group/layer norm x 3 seeds -> evaluate an artifact grid -> report -> gallery, small, on the CPU. Resumes."""
+    from mrrobust.demo import demo as run_demo
 
-    summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, width=width, epochs=epochs,
-                       seed=seed, bootstrap=bootstrap, progress=not quiet)
+    summary = run_demo(out, volumes=volumes, slices=slices, crop=crop, lesion_scale=lesion_scale, width=width,
+                       epochs=epochs, seed=seed, seeds=_integers(seeds, "--seeds"), bootstrap=bootstrap,
+                       threads=threads, progress=not quiet)
     print(f"STORE {summary['store']}")
     _print_runs(summary["runs"])
-    print(f"results {summary['results']}\nreport {summary['report']}\ngallery {summary['gallery']}")
+    for run, auc in summary["clean_test_auc"].items():
+        print(f"{run:>14}: clean test mean AUC {'undefined' if auc is None else f'{auc:.3f}'}")
+    print(f"results {summary['results']}\ngallery {summary['gallery']}")
+    print("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary["stages"].items()))
+    print(f"report {summary['report']}")
+    for number, finding in enumerate(summary["findings"], start=1):
+        print(f"finding {number}: {finding}")
 
 
 # ---- any exported classifier: export, calibrate (issue 11) --------------------
