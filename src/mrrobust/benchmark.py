@@ -1,46 +1,24 @@
-"""The benchmark (train every norm x seed -> evaluate the artifact grid -> report) and the
-demo (synthetic data -> STORE -> the benchmark, small, on the CPU).
+"""The benchmark: train every norm x seed -> evaluate the artifact grid -> report.
 
 Every step writes a folder a later step reads and resumes or is skipped when its output
 is complete, so a killed benchmark or demo re-run continues where it stopped. Before it
 trains anything the benchmark compares every setting with what `runs/` and `results/`
-already hold (`plan`) and refuses differences, unless `retrain`. The demo's
-`out/demo.json` records its settings; a re-run with other settings into the same folder is
-refused.
+already hold (`plan`) and refuses differences, unless `retrain`.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from mrrobust.data.store import MANIFEST, write_json_atomic
 from mrrobust.errors import MrRobustError
 
-DEMO_NORMS = ("batch", "group", "layer")
+NORMS = ("batch", "group", "layer")
+SEEDS = (0, 1, 2)  # three seeds per norm: an arm measures its training variance
 
 
-def _claim(out: Path, settings: dict) -> None:
-    """Record the demo's settings in `out/demo.json`, or refuse when `out` holds another demo."""
-    record = out / "demo.json"
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text())
-        except (OSError, ValueError):
-            raise MrRobustError(f"{record} is damaged; delete {out} or pass another --out") from None
-        if before != settings:
-            changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
-            raise MrRobustError(f"{out} holds a demo with other settings ({changed}); pass another --out or delete {out}")
-    elif out.exists() and any(out.iterdir()):
-        raise MrRobustError(f"{out} exists and is not a demo folder; pass another --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, settings)
-
-
-def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_options: dict | None = None,
-              evaluate_options: dict | None = None, reference_norm: str = "batch", progress: bool = True,
+def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dict | None = None,
+              evaluate_options: dict | None = None, reference_norm: str | None = None, progress: bool = True,
               retrain: bool = False, dry_run: bool = False) -> dict:
     """Train every norm x seed into `out/runs/<norm>-seed<k>`, evaluate them on the artifact
     grid into `out/results`, and report into `out/report`. `train_options` go to
@@ -79,6 +57,9 @@ def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_opt
         if the_plan["results"]["state"] == "differs" or the_plan["report_changes"]:
             shutil.rmtree(out / "results", ignore_errors=True)
             shutil.rmtree(out / "report", ignore_errors=True)
+    from mrrobust.progress import StepLog, logging_to_file
+
+    steps = StepLog("benchmark", len(the_plan["runs"])) if progress and logging_to_file() else None
     runs = {}
     for run in the_plan["runs"]:
         if progress and run["state"] != "finished":
@@ -89,6 +70,8 @@ def benchmark(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_opt
         if summary is None:  # a DDP rank other than 0: rank 0 alone evaluates and reports
             return {}
         runs[Path(run["path"]).name] = _best_epoch(Path(run["path"]))
+        if steps:
+            steps.advance(f"{run['name']} trained")
     results = evaluate([Path(run["path"]) for run in the_plan["runs"]], store, out / "results",
                        progress=progress, **evaluate_options)
     written = report(out / "results", out / "report", reference_norm=reference_norm)
@@ -124,6 +107,7 @@ def _evaluation_settings(store: Path, options: dict) -> dict:
     with the grid axes resolved as evaluate records them in evaluation.json."""
     import inspect
 
+    from mrrobust.adaptation import BN_MODES
     from mrrobust.artifacts import SUITES
     from mrrobust.evaluation import check_settings, evaluate, resolve_device
 
@@ -143,16 +127,17 @@ def _evaluation_settings(store: Path, options: dict) -> dict:
     return {"store": str(Path(store).resolve()), "split": settings["split"], "suite": suite,
             "artifacts": list(dict.fromkeys([artifacts] if isinstance(artifacts, str) else artifacts)),
             "severities": [int(s) for s in dict.fromkeys(severities)],
-            "bn_modes": [m for m in ("eval", "adapt") if m in modes], "seed": int(settings["seed"]),
+            "bn_modes": [m for m in BN_MODES if m in modes], "bn_prior": float(settings["bn_prior"]),
+            "threshold_from": settings["threshold_from"], "seed": int(settings["seed"]),
             "bootstrap": int(settings["bootstrap"]), "level": float(settings["level"]),
             "precision": "bf16" if bf16 else "32"}
 
 
-COMPARED_RESULTS = ("store", "split", "suite", "artifacts", "severities", "bn_modes", "seed", "bootstrap",
-                    "level", "precision")
+COMPARED_RESULTS = ("store", "split", "suite", "artifacts", "severities", "bn_modes", "bn_prior",
+                    "threshold_from", "seed", "bootstrap", "level", "precision")
 
 
-def plan(store: Path, out: Path, norms=DEMO_NORMS, seeds=(0,), *, train_options: dict | None = None,
+def plan(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dict | None = None,
          evaluate_options: dict | None = None) -> dict:
     """What `benchmark` would do, from the arguments and what `out` holds (reads only):
     {"runs": [{name, path, norm, seed, state, epochs, max_epochs, changes, train_slices,
@@ -333,38 +318,6 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def demo(out: Path, volumes: int = 96, slices: int = 16, crop: int = 64, width: int = 16,
-         epochs: int = 8, seed: int = 0, norms=DEMO_NORMS, bootstrap: int = 200, progress: bool = True) -> dict:
-    """Run the whole pipeline small under `out`; returns {step: result} and writes
-    `out/summary.json`. Sizes: `crop` px slices, a ResNet-18 of base width `width`;
-    `bootstrap` resamples for the confidence intervals."""
-    from mrrobust.artifacts.gallery import gallery, load_slice
-    from mrrobust.data.prepare import prepare
-    from mrrobust.data.synth import synth
-
-    out = Path(out)
-    _claim(out, dict(volumes=volumes, slices=slices, crop=crop, width=width, epochs=epochs, seed=seed,
-                     norms=list(norms), bootstrap=bootstrap))
-    raw, store = out / "synth", out / "store"
-    if not (raw / "annotations" / "knee_file_list.csv").is_file():
-        shutil.rmtree(raw, ignore_errors=True)  # synth was interrupted: it takes seconds, redo it
-        synth(raw, volumes=volumes, slices=slices, crop=crop, seed=seed, progress=progress)
-    if not (store / MANIFEST).is_file():
-        prepare(raw / "knee", store, annotations=raw / "annotations", crop=crop, seed=seed, progress=progress)
-    # the study's lr (1e-5) needs hundreds of epochs; the demo's tiny net learns at 1e-3
-    train_options = dict(width=width, groups=4, lr=1e-3, batch_size=32, max_epochs=epochs, patience=epochs,
-                         workers=0, accelerator="cpu", quiet=True)
-    evaluate_options = dict(device="cpu", seed=seed, bootstrap=bootstrap, batch_size=64)  # 128: activations above glibc's mmap threshold, 30% slower
-    result = benchmark(store, out, norms, (seed,), train_options=train_options,
-                       evaluate_options=evaluate_options, progress=progress)
-    image, label = load_slice(store)
-    figure = gallery(image, out / "gallery.png", title=label, seed=seed)
-    summary = {"store": str(store), "runs": {name.rsplit("-seed", 1)[0]: best for name, best in result["runs"].items()},
-               "results": str(out / "results"), "report": str(result["report"]["report"]), "gallery": str(figure)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
 
 
 def _best_epoch(run: Path) -> dict:

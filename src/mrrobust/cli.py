@@ -383,7 +383,9 @@ def benchmark(
     eval_batch_size: int = typer.Option(64, help="Evaluation batch size."),
     device: str = _option(_EVALUATION, "device"),
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
-    reference_norm: str = typer.Option("batch", help="The norm corruption errors are relative to."),
+    bn_prior: float = _option(_EVALUATION, "bn_prior"),
+    threshold_from: str = _option(_EVALUATION, "threshold_from"),
+    reference_arm: Optional[str] = typer.Option(None, "--reference-arm", help="The arm every other arm is compared with and CE is relative to (default: the batch-norm arm)."),
     retrain: bool = typer.Option(False, "--retrain", help="Retrain the runs in --out made with other settings, and redo results/ and report/ made from other runs or settings (deletes that finished work)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (runs to train, cells to evaluate, what is finished) and a time estimate from throughput measured now; write nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -399,12 +401,13 @@ def benchmark(
                          precision=precision, compile=compile, accelerator=accelerator, devices=devices,
                          workers=workers, quiet=quiet)
     evaluate_options = dict(suite=suite, artifacts=_names(artifacts), severities=_integers(severities, "--severities"),
-                            bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap)
+                            bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap,
+                            bn_prior=bn_prior, threshold_from=threshold_from, reference_arm=reference_arm)
     from mrrobust.benchmark import plan_lines
 
     with contextlib.nullcontext() if dry_run else _lock(out, "benchmark"):
         result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
-                               evaluate_options=evaluate_options, reference_norm=reference_norm, progress=not quiet,
+                               evaluate_options=evaluate_options, reference_norm=reference_arm, progress=not quiet,
                                retrain=retrain, dry_run=dry_run)
     if dry_run:
         print("\n".join(plan_lines(result["plan"])))
@@ -413,6 +416,8 @@ def benchmark(
         return
     _print_runs(result["runs"])
     print(f"report {result['report']['report']}")
+    for line in result["report"]["findings"]:
+        print(f"- {line}")
 
 
 @command

@@ -572,14 +572,18 @@ def _loggers(out: Path):
     return False
 
 
-def _display_callbacks(quiet: bool) -> list:
+def _display_callbacks(quiet: bool, name: str) -> list:
     """Progress bar on stderr (stdout keeps the one summary line) and the model summary,
-    both only without --quiet."""
+    both only without --quiet; one plain line per epoch on stdout when it is not a terminal
+    (a log file or a cluster job), quiet or not."""
+    from mrrobust.progress import EpochLines, logging_to_file
+
+    lines = [EpochLines(name)] if logging_to_file() else []
     if quiet:
-        return []
+        return lines
     from lightning.pytorch.callbacks import ModelSummary, RichProgressBar
 
-    return [RichProgressBar(console_kwargs={"stderr": True}), ModelSummary()]
+    return [RichProgressBar(console_kwargs={"stderr": True}), ModelSummary(), *lines]
 
 
 def _plan(data: Path, norm: str, *, depth: int = 18, width: int = 64, groups: int = 32,
@@ -718,7 +722,7 @@ def train(data, out, norm: str = "batch", *, depth: int = 18, width: int = 64,
         limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
         callbacks=[EarlyStopping(monitor=MONITOR, mode="max", patience=patience,
                                  check_finite=True), writer,  # NaN raises in the module
-                   *_display_callbacks(quiet)],
+                   *_display_callbacks(quiet, Path(out).name)],
         logger=_loggers(out), enable_progress_bar=not quiet, enable_model_summary=False,
         default_root_dir=out, log_every_n_steps=1)
     sigint = signal.getsignal(signal.SIGINT)
