@@ -19,7 +19,7 @@ SEEDS = (0, 1, 2)  # three seeds per norm: an arm measures its training variance
 
 def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dict | None = None,
               evaluate_options: dict | None = None, reference_norm: str | None = None, progress: bool = True,
-              retrain: bool = False, dry_run: bool = False) -> dict:
+              retrain: bool = False, dry_run: bool = False, cluster=None, shards: int = 1) -> dict:
     """Train every norm x seed into `out/runs/<norm>-seed<k>`, evaluate them on the artifact
     grid into `out/results`, and report into `out/report`. `train_options` go to
     `training.train` (not norm, seed, resume), `evaluate_options` to `evaluation.evaluate`.
@@ -28,8 +28,10 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
     with what `out/runs` and `out/results` hold: differences are refused with their list,
     unless `retrain` (then the differing runs, and a RESULTS/REPORT made from other runs or
     settings, are deleted and redone). `dry_run`: only the plan (and a time estimate), nothing
-    written. Returns {"plan": plan} for a dry run, else {"runs": {name: best epoch row},
-    "results": evaluate's summary, "report": report's, "plan": plan}."""
+    written. `cluster` (an `executor.ClusterOptions`): the steps run as scheduler jobs instead
+    of in this process (training jobs, then `shards` evaluation shards as one job array, then
+    the report; `_on_cluster`). Returns {"plan": plan} for a dry run, else {"runs": {name:
+    best epoch row}, "results": evaluate's summary, "report": report's, "plan": plan}."""
     from mrrobust.evaluation import evaluate
     from mrrobust.report import report
     from mrrobust.training import train
@@ -37,7 +39,11 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
     out = Path(out)
     train_options, evaluate_options = dict(train_options or {}), dict(evaluate_options or {})
     quiet = train_options.pop("quiet", not progress)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise MrRobustError(f"--shards {shards!r} must be a whole number >= 1")
     the_plan = plan(store, out, norms, seeds, train_options=train_options, evaluate_options=evaluate_options)
+    if cluster is not None:
+        cluster.check()  # an executor that is not installed or configured: refused before any work
     foreign = [run for run in the_plan["runs"] if run["state"] == "foreign"]
     if foreign:
         raise MrRobustError(f"{foreign[0]['path']} is not empty and is not a RUN; move it away or pass another --out")
@@ -57,6 +63,9 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
         if the_plan["results"]["state"] == "differs" or the_plan["report_changes"]:
             shutil.rmtree(out / "results", ignore_errors=True)
             shutil.rmtree(out / "report", ignore_errors=True)
+    if cluster is not None:
+        return _on_cluster(the_plan, store, out, train_options, evaluate_options, reference_norm, quiet,
+                           cluster, shards)
     from mrrobust.progress import StepLog, logging_to_file
 
     steps = StepLog("benchmark", len(the_plan["runs"])) if progress and logging_to_file() else None
@@ -76,6 +85,53 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
                        progress=progress, **evaluate_options)
     written = report(out / "results", out / "report", reference_norm=reference_norm)
     return {"runs": runs, "results": results, "report": written, "plan": the_plan}
+
+
+def train_job(store: Path, run: Path, norm: str, seed: int, quiet: bool, options: dict):
+    """One training job (runs in a scheduler job): resumes a killed run from its checkpoint."""
+    from mrrobust.training import train
+
+    run = Path(run)
+    return train(store, run, norm, seed=seed, quiet=quiet, resume=(run / "checkpoints" / "last.ckpt").exists(),
+                 **options)
+
+
+def _on_cluster(the_plan: dict, store: Path, out: Path, train_options: dict, evaluate_options: dict,
+                reference_norm, quiet: bool, cluster, shards: int) -> dict:
+    """The benchmark as three job stages through `executor.run_stages`: the unfinished
+    training runs (one job each; DDP over `devices` x `num_nodes` tasks), the evaluation as
+    `shards` jobs of one array (`evaluate --shard I/N` into `out/shards/I-of-N`; one shard
+    evaluates into `out/results`), the report (CPU only; merges the shards into
+    `out/report/results`)."""
+    import functools
+
+    from mrrobust.evaluation import evaluate
+    from mrrobust.executor import Job, Stage, run_stages
+    from mrrobust.report import report
+
+    runs = [Path(run["path"]) for run in the_plan["runs"]]
+    devices = int(train_options.get("devices", 1))
+    on_gpu = train_options.get("accelerator", "auto") != "cpu" and cluster.gpus_per_node > 0
+    training = Stage("train", [
+        Job(run["name"], functools.partial(train_job, Path(store), Path(run["path"]), run["norm"], run["seed"],
+                                           quiet, train_options),
+            done=(lambda state=run["state"]: state == "finished")) for run in the_plan["runs"]],
+        tasks_per_node=devices if on_gpu else 1, nodes=int(train_options.get("num_nodes", 1)))
+    if shards == 1:
+        folders, results = [out / "results"], out / "results"
+    else:
+        folders = [out / "shards" / f"{i}-of-{shards}" for i in range(1, shards + 1)]
+        results = folders
+    evaluation = Stage("evaluate", [
+        Job(f"{i}/{shards}", functools.partial(evaluate, runs, Path(store), folder, progress=False,
+                                               **({"shard": f"{i}/{shards}"} if shards > 1 else {}),
+                                               **evaluate_options))
+        for i, folder in enumerate(folders, start=1)])
+    reporting = Stage("report", [Job("report", functools.partial(report, results, out / "report",
+                                                                 reference_norm=reference_norm))], cpu_only=True)
+    outcome = run_stages([training, evaluation, reporting], cluster)
+    return {"runs": {run.name: _best_epoch(run) for run in runs}, "results": outcome["evaluate"][0] or {},
+            "report": outcome["report"][0], "plan": the_plan}
 
 
 def _check_norms(norms) -> list[str]:
