@@ -82,3 +82,23 @@ def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str =
     return rows
 
 
+
+
+def severity_curves(clean: torch.Tensor, name: str, seeds: torch.Tensor, suite: str = "mrrobust") -> tuple[torch.Tensor, torch.Tensor]:
+    """NRMSE and SSIM `(SEVERITIES, B)` of each (slice, seed) pair at severities 1..5 against the
+    clean magnitude; `clean` `(B, H, W)` complex, one seed per slice."""
+    reference = clean.abs()
+    nrmses, ssims = [], []
+    for severity in range(1, SEVERITIES + 1):
+        corrupted = corrupt(clean, name, severity, seeds, suite=suite)
+        nrmses.append(nrmse(reference, corrupted))
+        ssims.append(ssim(reference, corrupted))
+    return torch.stack(nrmses), torch.stack(ssims)
+
+
+def monotone_pairs(nrmses: torch.Tensor, ssims: torch.Tensor, tolerance: float = 1e-6) -> torch.Tensor:
+    """`(B,)` bool: severity s + 1 never weaker than s for this pair (NRMSE and 1 - SSIM both
+    non-decreasing from 1 to 5, up to `tolerance`)."""
+    rising = (nrmses.diff(dim=0) >= -tolerance).all(dim=0)
+    falling = (ssims.diff(dim=0) <= tolerance).all(dim=0)
+    return rising & falling
