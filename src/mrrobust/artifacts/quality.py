@@ -1,9 +1,11 @@
 """How much each severity degrades a slice: NRMSE and SSIM against the clean magnitude.
 
 `ladder_table` measures every artifact's five steps on synthetic validation
-slices of our own `synth` data set (`validation_slices`, in memory, no files);
-`mrrobust artifacts` prints it. A ladder is monotone when the median NRMSE rises
-and the median SSIM falls from severity 1 to 5.
+slices of our own `synth` data set (`validation_slices`, in memory, no files) or
+on public real MR test slices (`realmr`); `mrrobust artifacts` prints it. A
+ladder is monotone when the median NRMSE rises and the median SSIM falls from
+severity 1 to 5; a (slice, seed) pair is monotone when its own curves do
+(`monotone_pairs`): the ladders are coupled, so that holds for nearly every pair.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from mrrobust.artifacts import SEVERITIES, SUITES, corrupt
+from mrrobust.errors import MrRobustError
 from mrrobust.fft import center_crop
 
+SSIM_TARGETS = (0.95, 0.90, 0.83, 0.74, 0.63)  # median SSIM each severity of `ARTIFACTS` was calibrated to
+SSIM_BANDS = ((0.93, 0.97), (0.87, 0.93), (0.79, 0.87), (0.69, 0.79), (0.57, 0.69))  # documented bands, real MR at 64 px
 SYNTH_VOLUMES = 8  # volumes planned by `synth.plan_volumes`; its validation split is used
 
 
@@ -61,10 +66,25 @@ def ssim(clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
     return s.mean(dim=(1, 2, 3)).float()
 
 
-def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str = "mrrobust") -> list[dict]:
+def measurement_slices(source: str, size: int, slices: int) -> torch.Tensor:
+    """`(N, size, size)` complex64 slices to measure ladders on: "synth" (`validation_slices`,
+    N = slices) or "real" (`realmr.real_mr_slices`, the 12 public MR test slices; needs the
+    `test` extra)."""
+    if source == "synth":
+        return validation_slices(slices, size)
+    if source == "real":
+        from mrrobust.artifacts.realmr import real_mr_slices
+
+        return real_mr_slices(size)[0]
+    raise MrRobustError(f"unknown slice source {source!r}; choose synth or real")
+
+
+def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str = "mrrobust",
+                 source: str = "synth") -> list[dict]:
     """Per artifact: ladder, domain, unit and the median NRMSE and SSIM at severities 1..5,
-    over `slices` synthetic validation slices x `repeats` seeds each, plus `monotone`."""
-    clean_c = validation_slices(slices, size).repeat(repeats, 1, 1)
+    over the `source` slices x `repeats` seeds each, plus `monotone` (the medians) and
+    `pairs_monotone` (the fraction of (slice, seed) pairs whose own curves are monotone)."""
+    clean_c = measurement_slices(source, size, slices).repeat(repeats, 1, 1)
     clean = clean_c.abs()
     seeds = torch.arange(clean_c.shape[0], dtype=torch.int64) * 7919 + 1
     rows = []
@@ -72,13 +92,17 @@ def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str =
     reference = clean.repeat(SEVERITIES, 1, 1)
     for name, artifact in SUITES[suite].items():
         corrupted = torch.cat([corrupt(clean_c, name, severity, seeds, suite=suite) for severity in steps])
-        medians_nrmse = nrmse(reference, corrupted).view(SEVERITIES, -1).median(dim=1).values.tolist()
-        medians_ssim = ssim(reference, corrupted).view(SEVERITIES, -1).median(dim=1).values.tolist()
+        curves_nrmse = nrmse(reference, corrupted).view(SEVERITIES, -1)
+        curves_ssim = ssim(reference, corrupted).view(SEVERITIES, -1)
+        medians_nrmse = curves_nrmse.median(dim=1).values.tolist()
+        medians_ssim = curves_ssim.median(dim=1).values.tolist()
+        pairs = float(monotone_pairs(curves_nrmse, curves_ssim).double().mean())
         monotone = all(b > a for a, b in zip(medians_nrmse, medians_nrmse[1:])) and all(
             b < a for a, b in zip(medians_ssim, medians_ssim[1:])
         )
         rows.append(dict(name=name, domain=artifact.domain, unit=artifact.unit, description=artifact.description,
-                         ladder=artifact.ladder, nrmse=medians_nrmse, ssim=medians_ssim, monotone=monotone))
+                         ladder=artifact.ladder, nrmse=medians_nrmse, ssim=medians_ssim, monotone=monotone,
+                         pairs_monotone=pairs))
     return rows
 
 

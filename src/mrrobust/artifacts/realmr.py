@@ -1,6 +1,7 @@
-"""Real MR slices for the artifact tests, from public test files that packages ship (no patient data of ours).
+"""Real MR slices for calibrating and testing the artifacts, from public test files that packages ship.
 
-Sources (the `test` extra installs them; nothing is downloaded):
+The project ships no patient data; these files come with pydicom, pydicom-data
+and nibabel (the `test` extra installs them; nothing is downloaded):
 - pydicom (MIT licence): `MR_small.dcm`, a 64x64 spin-echo head slice downsized
   from NEMA's WG04 `MR1_UNC` sample.
 - pydicom-data (MIT licence; found by `pydicom.data.get_testdata_file`):
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mrrobust.errors import MrRobustError
+
 DICOM_FILES = (  # file, frames to take (None: a single-frame file)
     ("MR_small.dcm", None),
     ("MR2_UNCR.dcm", None),
@@ -46,8 +49,11 @@ def _square(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 def _dicom_images(size: int) -> list[tuple[str, torch.Tensor]]:
-    import pydicom
-    from pydicom.data import get_testdata_file
+    try:
+        import pydicom
+        from pydicom.data import get_testdata_file
+    except ImportError:
+        raise MrRobustError("real MR slices need pydicom and nibabel: pip install 'mrrobust[test]'") from None
 
     out = []
     for name, frames in DICOM_FILES:
@@ -65,8 +71,11 @@ def _dicom_images(size: int) -> list[tuple[str, torch.Tensor]]:
 
 
 def _nifti_images(size: int) -> list[tuple[str, torch.Tensor]]:
-    import nibabel
-    from nibabel.testing import data_path
+    try:
+        import nibabel
+        from nibabel.testing import data_path
+    except ImportError:
+        raise MrRobustError("real MR slices need pydicom and nibabel: pip install 'mrrobust[test]'") from None
 
     volume = np.asanyarray(nibabel.load(os.path.join(data_path, NIFTI_FILE)).dataobj)[..., 0].astype(np.float64)
     return [(f"{NIFTI_FILE}:{z}", _square(volume[:, :, z], size)) for z in NIFTI_SLICES]
