@@ -70,8 +70,10 @@ def as_reference(reference, batch: int, device) -> torch.Tensor | None:
 def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust", reference=None) -> torch.Tensor:
     """Corrupt a batch: images `(B, H, W)` complex (real = zero phase), seeds one int64 per sample.
 
-    Returns the `(B, H, W)` float32 magnitude on the images' device; severity 0
-    is the clean magnitude exactly, 1..5 walk the artifact's ladder. For one
+    Returns the `(B, H, W)` float32 magnitude on the images' device (the real
+    part for the study suite's torchio artifacts, `Artifact.output`, as the
+    release fed them); severity 0 is the clean magnitude exactly, 1..5 walk the
+    artifact's ladder. For one
     seed the ladder is coupled: the seed fixes the random pattern and severity
     scales or extends it. `reference` (number or `(B,)`, optional) is the signal
     level of each sample's scan (`kspace.volume_level`) for the artifacts that
@@ -89,7 +91,8 @@ def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust", re
     if severity == 0:
         return x.abs()
     extra = {"reference": level} if artifact.reference else {}
-    return magnitude(artifact.function(x, artifact.ladder[int(severity) - 1], seeds, **extra))
+    y = artifact.function(x, artifact.ladder[int(severity) - 1], seeds, **extra)
+    return y.real.contiguous() if artifact.output == "real" else magnitude(y)
 
 
 from mrrobust.artifacts.augment import RandomArtifacts  # noqa: E402  (needs corrupt above)

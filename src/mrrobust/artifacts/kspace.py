@@ -84,7 +84,7 @@ def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor,
     return torch.view_as_complex(torch.addcmul(torch.view_as_real(x), sigma.to(field.dtype)[:, None, None, None], field))
 
 
-@register(ARTIFACTS, "noise", ladder=(0.04, 0.08, 0.13, 0.2, 0.3), domain="k-space", unit="sigma / RMS signal",
+@register(ARTIFACTS, "noise", ladder=(0.021, 0.043, 0.0786, 0.126, 0.19), domain="k-space", unit="sigma / RMS signal",
           reference=True)
 def noise(x, level, seeds, reference=None):
     """Thermal noise: complex white Gaussian noise in k-space; Rician magnitude.
@@ -135,7 +135,7 @@ def _to_complex(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.to(device=x.device, dtype=x.dtype)
 
 
-@register(ARTIFACTS, "ghosting", ladder=((2, 0.08), (2, 0.16), (2, 0.26), (2, 0.4), (2, 0.6)), domain="k-space",
+@register(ARTIFACTS, "ghosting", ladder=((2, 0.161), (2, 0.315), (2, 0.513), (2, 0.756), (2, 1.083)), domain="k-space",
           unit="(period P lines, line error |d|)")
 def ghosting(x, level, seeds):
     """Ghosting: a periodic line-to-line inconsistency along phase encoding.
@@ -186,7 +186,7 @@ def add_spikes(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, amplitud
     return x
 
 
-@register(ARTIFACTS, "spike", ladder=((1, 0.02), (1, 0.04), (2, 0.06), (2, 0.09), (3, 0.12)), domain="k-space",
+@register(ARTIFACTS, "spike", ladder=((1, 0.04), (1, 0.0837), (2, 0.11), (2, 0.174), (3, 0.213)), domain="k-space",
           unit="(spikes, amplitude / k-space peak)")
 def spike(x, level, seeds):
     """Spike (herringbone, corduroy): a few corrupted k-space samples.
@@ -362,7 +362,7 @@ def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrd
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-@register(ARTIFACTS, "motion", ladder=((1, 1.5, 1.0), (2, 2.5, 1.5), (3, 3.5, 2.5), (4, 5.0, 3.5), (5, 7.0, 5.0)),
+@register(ARTIFACTS, "motion", ladder=((1, 2.04, 1.46), (1, 4.33, 3.09), (2, 4.33, 3.09), (2, 8.3, 5.93), (3, 9.86, 7.04)),
           domain="k-space", unit="(movements, max degrees, max shift % of FOV)")
 def motion(x, level, seeds):
     """Rigid in-plane motion between the shots of a 2-D turbo spin echo: ghosts along phase encoding.
@@ -415,7 +415,7 @@ def undersampling_mask(seeds: torch.Tensor, width: int, acceleration: float, cen
     return keep[:, :width] | centre
 
 
-@register(ARTIFACTS, "undersampling", ladder=((2, 0.16), (3, 0.12), (4, 0.08), (6, 0.06), (8, 0.04)),
+@register(ARTIFACTS, "undersampling", ladder=((1.17, 0.273), (1.41, 0.227), (1.78, 0.18), (2.41, 0.133), (3.15, 0.102)),
           domain="k-space", unit="(acceleration R, centre fraction)")
 def undersampling(x, level, seeds):
     """Accelerated acquisition: phase-encode lines skipped, zero-filled reconstruction.
@@ -444,7 +444,7 @@ def truncate(x: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.fft.ifft2(k, norm="ortho")
 
 
-@register(ARTIFACTS, "gibbs", ladder=(0.7, 0.55, 0.42, 0.32, 0.24), domain="k-space", unit="kept fraction of k-space per axis")
+@register(ARTIFACTS, "gibbs", ladder=(0.719, 0.531, 0.406, 0.3125, 0.25), domain="k-space", unit="kept fraction of k-space per axis")
 def gibbs(x, level, seeds):
     """Gibbs ringing: k-space truncated by a box window, ringing at every sharp edge.
 

@@ -29,20 +29,22 @@ class Artifact:
     description: str
     unit: str
     reference: bool = False  # takes the per-sample signal level `reference=` (noise)
+    output: str = "magnitude"  # what `corrupt` returns: "magnitude" |y|, or "real" Re(y) (torchio's semantics)
 
 
 ARTIFACTS: dict[str, Artifact] = {}
 STUDY: dict[str, Artifact] = {}
 
 
-def register(registry: dict, name: str, ladder: tuple, domain: str, unit: str, reference: bool = False):
+def register(registry: dict, name: str, ladder: tuple, domain: str, unit: str, reference: bool = False,
+             output: str = "magnitude"):
     """Decorator: add the function to `registry` under `name` with its ladder; first docstring line is the description."""
     if len(ladder) != SEVERITIES:
         raise ValueError(f"artifact {name!r}: a ladder has {SEVERITIES} steps, got {len(ladder)}")
 
     def add(fn):
         description = (fn.__doc__ or "").strip().splitlines()[0]
-        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit, reference)
+        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit, reference, output)
         return fn
 
     return add
