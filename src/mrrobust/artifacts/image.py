@@ -123,15 +123,18 @@ def anisotropy_kernel(factor: float, oversample: int = 64) -> torch.Tensor:
 def _blur_rows(x: torch.Tensor, factor: float) -> torch.Tensor:
     """complex `(n, H, W)` convolved along H with `anisotropy_kernel(factor)` (edges replicated).
 
-    Works on the contiguous real view `(n, 1, H, 2W)` with a `(K, 1)` kernel, so
-    the real and imaginary parts and every column are filtered alike."""
+    Works on the contiguous real view `(n, 1, H, 2W)`, so the real and imaginary
+    parts and every column are filtered alike; one multiply-add per tap (a conv
+    kernel's summation order would depend on the batch size)."""
     n, h, w = x.shape
-    kernel = anisotropy_kernel(factor)
-    radius = kernel.shape[0] // 2
+    kernel = anisotropy_kernel(factor).tolist()
+    radius = len(kernel) // 2
     planes = torch.view_as_real(x).reshape(n, 1, h, 2 * w)
     padded = F.pad(planes, (0, 0, radius, radius), mode="replicate")
-    out = F.conv2d(padded, _to(kernel, planes).view(1, 1, -1, 1))
-    return torch.view_as_complex(out.reshape(n, h, w, 2).contiguous())
+    out = padded[:, :, :h] * kernel[0]
+    for tap in range(1, len(kernel)):
+        out.add_(padded[:, :, tap : tap + h], alpha=kernel[tap])
+    return torch.view_as_complex(out.reshape(n, h, w, 2))
 
 
 @register(ARTIFACTS, "anisotropy", ladder=(1.71, 2.42, 3.35, 4.55, 6.34), domain="image", unit="resolution loss factor")
