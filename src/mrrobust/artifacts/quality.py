@@ -90,7 +90,8 @@ def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str =
                  source: str = "synth") -> list[dict]:
     """Per artifact: ladder, domain, unit and the median NRMSE and SSIM at severities 1..5,
     over the `source` slices x `repeats` seeds each, plus `monotone` (the medians) and
-    `pairs_monotone` (the fraction of (slice, seed) pairs whose own curves are monotone)."""
+    `pairs_monotone` (the fraction of (slice, seed) pairs whose own curves are monotone) and the
+    means `nrmse_mean`, `ssim_mean` (what the ladders are calibrated on)."""
     clean_c = measurement_slices(source, size, slices).repeat(repeats, 1, 1)
     clean = clean_c.abs()
     seeds = torch.arange(clean_c.shape[0], dtype=torch.int64) * 7919 + 1
@@ -104,12 +105,13 @@ def ladder_table(size: int = 96, slices: int = 6, repeats: int = 2, suite: str =
         medians_nrmse = curves_nrmse.median(dim=1).values.tolist()
         medians_ssim = curves_ssim.median(dim=1).values.tolist()
         pairs = float(monotone_pairs(curves_nrmse, curves_ssim).double().mean())
+        means = dict(nrmse_mean=curves_nrmse.mean(dim=1).tolist(), ssim_mean=curves_ssim.mean(dim=1).tolist())
         monotone = all(b > a for a, b in zip(medians_nrmse, medians_nrmse[1:])) and all(
             b < a for a, b in zip(medians_ssim, medians_ssim[1:])
         )
         rows.append(dict(name=name, domain=artifact.domain, unit=artifact.unit, description=artifact.description,
                          ladder=artifact.ladder, nrmse=medians_nrmse, ssim=medians_ssim, monotone=monotone,
-                         pairs_monotone=pairs))
+                         pairs_monotone=pairs, **means))
     return rows
 
 
