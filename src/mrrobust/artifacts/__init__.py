@@ -1,10 +1,11 @@
 """MR acquisition artifacts, simulated on the complex k-space, batched, on any device.
 
 `corrupt(images, name, severity, seeds)` -> `(B, H, W)` float32 magnitude.
-`ARTIFACTS` (our suite, ladders tuned to degrade monotonically) and `STUDY`
-(the released protocol's five corruptions at level p, see `study`) map a name
-to an `Artifact` (function, ladder, domain, description, unit); `SUITES` maps a
-suite name to its registry. `RandomArtifacts` is the train-time hook.
+`ARTIFACTS` (our physical suite: coupled ladders, each step calibrated on real
+MR slices to an SSIM band, see `quality`) and `STUDY` (the released protocol's
+five torchio corruptions at level p, see `study`) map a name to an `Artifact`
+(function, ladder, domain, description, unit, reference, output); `SUITES` maps
+a suite name to its registry. `RandomArtifacts` is the train-time hook.
 
 Determinism: every random draw is a function of (seed, artifact, index) only
 (`random`), so a slice with a given seed is corrupted identically whatever the
