@@ -221,14 +221,23 @@ def test_tse_motion_differs_from_every_rigid_shift_and_from_sequential(real):
 
 def test_motion_adds_movements_without_reassigning_lines():
     seeds = torch.arange(50)
-    start, end = kspace.movement_windows(seeds, 5)
+    start, end = kspace.movement_windows(seeds, 1.0)
     assert bool((end > start).all()) and float(start.min()) >= 0 and float(end.max()) <= 1
     order = torch.argsort(start, dim=1)
     s, e = start.gather(1, order), end.gather(1, order)
     assert bool((s[:, 1:] >= e[:, :-1]).all())  # disjoint windows
-    for moves in range(1, 5):  # the same windows whatever the severity
-        a, b = kspace.movement_windows(seeds, moves)
-        assert torch.equal(a, start) and torch.equal(b, end)
+    ladder = ARTIFACTS["motion"].ladder
+    previous = None
+    for moves, fraction, degrees, shift in ladder:  # each step: a superset of the lines, same poses
+        assert (degrees, shift) == ladder[0][2:]
+        a, b = kspace.movement_windows(seeds, fraction)
+        time = (kspace.FASTMRI_KNEE.shot(64).double() + 0.5) / kspace.FASTMRI_KNEE.shots(64)
+        moved = ((time[None, :, None] >= a[:, None, :moves]) & (time[None, :, None] < b[:, None, :moves]))
+        pose = (moved.long() * torch.arange(1, moves + 1)).sum(-1)
+        if previous is not None:
+            kept = previous > 0
+            assert torch.equal(pose[kept], previous[kept]) and int((pose > 0).sum()) > int(kept.sum())
+        previous = pose
 
 
 def test_ghosting_without_fft_matches_the_kspace_definition(real):

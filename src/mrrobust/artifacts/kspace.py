@@ -328,31 +328,32 @@ def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.T
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-def movement_windows(seeds: torch.Tensor, moves: int, name: str = "motion") -> tuple[torch.Tensor, torch.Tensor]:
+def movement_windows(seeds: torch.Tensor, fraction: float, name: str = "motion") -> tuple[torch.Tensor, torch.Tensor]:
     """`(B, MAX_MOVES)` start and end times (fractions of the scan) of disjoint movement windows.
 
-    The scan is cut into MAX_MOVES equal slots; movement m gets slot sigma(m)
-    (a per-seed permutation) and lasts 40-90 % of it, at a uniform place
-    inside. Drawn for all MAX_MOVES whatever `moves`, so a ladder's first
-    movements are the same at every severity and later ones only add."""
+    The scan is cut into MAX_MOVES equal slots; movement m gets slot sigma(m) (a
+    per-seed permutation) and a centre uniform inside it; its window is
+    `fraction` of a slot long about that centre, clipped to the slot. The
+    centres are fixed by the seed, so a larger fraction gives windows that
+    contain the smaller ones (nested), whatever the number of movements used."""
     slot = torch.argsort(rnd.uniform(seeds, name + "-slot", (MAX_MOVES,)), dim=-1).double()
-    duration = (0.4 + 0.5 * rnd.uniform(seeds, name + "-duration", (MAX_MOVES,))) / MAX_MOVES
-    start = (slot + rnd.uniform(seeds, name + "-start", (MAX_MOVES,)) * (1 - duration * MAX_MOVES)) / MAX_MOVES
-    return start, start + duration
+    centre = (slot + rnd.uniform(seeds, name + "-centre", (MAX_MOVES,))) / MAX_MOVES
+    half = fraction / MAX_MOVES / 2
+    return torch.maximum(slot / MAX_MOVES, centre - half), torch.minimum((slot + 1) / MAX_MOVES, centre + half)
 
 
 def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrder = FASTMRI_KNEE,
                      name: str = "motion") -> torch.Tensor:
     """Rigid movements during windows of shots, the object back in place in between.
 
-    level = (moves, max degrees, max shift % of FOV). Per seed and movement:
-    a window (`movement_windows`), a rotation u * max degrees and a shift
-    v * max shift % of the field of view per axis, u, v fixed uniforms in
-    (-1, 1). A line takes the pose of the window its shot lies in (shot time =
-    (j + 0.5) / shots); every other line, the reference pose."""
-    moves, max_degrees, max_shift = level
+    level = (moves, window fraction of a slot, max degrees, max shift % of FOV).
+    Per seed and movement: a window (`movement_windows`), a rotation u * max
+    degrees and a shift v * max shift % of the field of view per axis, u, v
+    fixed uniforms in (-1, 1). A line takes the pose of the window its shot lies
+    in (shot time = (j + 0.5) / shots); every other line, the reference pose."""
+    moves, fraction, max_degrees, max_shift = level
     h, w = x.shape[-2:]
-    start, end = movement_windows(seeds, moves, name)
+    start, end = movement_windows(seeds, fraction, name)
     time = (order.shot(w).double() + 0.5) / order.shots(w)  # (W,) centred lines
     inside = (time[None, :, None] >= start[:, None, :moves]) & (time[None, :, None] < end[:, None, :moves])
     pose = (inside.long() * torch.arange(1, moves + 1)).sum(-1)  # (B, W): windows are disjoint
@@ -362,8 +363,9 @@ def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrd
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-@register(ARTIFACTS, "motion", ladder=((1, 2.04, 1.46), (1, 4.33, 3.09), (2, 4.33, 3.09), (2, 8.3, 5.93), (3, 9.86, 7.04)),
-          domain="k-space", unit="(movements, max degrees, max shift % of FOV)")
+@register(ARTIFACTS, "motion", ladder=((1, 0.146, 5.0, 3.5), (2, 0.198, 5.0, 3.5), (3, 0.387, 5.0, 3.5),
+                                       (4, 0.563, 5.0, 3.5), (5, 0.788, 5.0, 3.5)),
+          domain="k-space", unit="(movements, window / slot, max degrees, max shift % of FOV)")
 def motion(x, level, seeds):
     """Rigid in-plane motion between the shots of a 2-D turbo spin echo: ghosts along phase encoding.
 
@@ -374,9 +376,9 @@ def motion(x, level, seeds):
     moved shot corrupts lines spread over all of k-space, the centre segment
     included: coherent ghosts along phase encoding (the k-space model of Shaw
     et al., "MRI k-space motion artefact augmentation", MIDL 2019, with a TSE
-    view order). The seed fixes the windows, the directions of the poses and
-    their order; severity adds movements (earlier ones keep their lines) and
-    scales every pose.
+    view order). The seed fixes the windows' slots and centres and every
+    pose; severity adds movements and lengthens the windows (nested), so each
+    step moves a superset of the previous step's lines, in the same poses.
     """
     return transient_motion(x, level, seeds)
 
