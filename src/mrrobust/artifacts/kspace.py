@@ -10,8 +10,11 @@ signed frequency), the same index `fft2c` uses; the centring phase ramp does not
 change which line is which, nor any per-line factor.
 
 Every function: `fn(x complex (B, H, W), level (one ladder entry), seeds CPU
-int64 (B,)) -> complex (B, H, W)` on x's device. Parameters are drawn on the CPU
+int64 (B,)) -> complex (B, H, W)` on x's device (`noise` also takes
+`reference=`, the per-sample signal level). Parameters are drawn on the CPU
 from `random` (per sample) and moved to the device; nothing loops over samples.
+The seed fixes each artifact's random pattern and the ladder entry scales or
+extends it, so for one seed severity s + 1 is never milder than s.
 """
 
 from __future__ import annotations
