@@ -331,17 +331,20 @@ def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.T
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-def movement_windows(seeds: torch.Tensor, fraction: float, name: str = "motion") -> tuple[torch.Tensor, torch.Tensor]:
+def movement_windows(seeds: torch.Tensor, fraction: float, name: str = "motion",
+                     shots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """`(B, MAX_MOVES)` start and end times (fractions of the scan) of disjoint movement windows.
 
     The scan is cut into MAX_MOVES equal slots; movement m gets slot sigma(m) (a
     per-seed permutation) and a centre uniform inside it; its window is
-    `fraction` of a slot long about that centre, clipped to the slot. The
+    `fraction` of a slot long about that centre and at least one shot (1 / `shots`)
+    long, so that a movement moves a shot, then clipped to the slot (which can cut
+    that shot when the centre is near the slot's edge). The
     centres are fixed by the seed, so a larger fraction gives windows that
     contain the smaller ones (nested), whatever the number of movements used."""
     slot = torch.argsort(rnd.uniform(seeds, name + "-slot", (MAX_MOVES,)), dim=-1).double()
     centre = (slot + rnd.uniform(seeds, name + "-centre", (MAX_MOVES,))) / MAX_MOVES
-    half = fraction / MAX_MOVES / 2
+    half = max(fraction / MAX_MOVES, 1 / shots) / 2
     return torch.maximum(slot / MAX_MOVES, centre - half), torch.minimum((slot + 1) / MAX_MOVES, centre + half)
 
 
@@ -356,7 +359,7 @@ def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrd
     in (shot time = (j + 0.5) / shots); every other line, the reference pose."""
     moves, fraction, max_degrees, max_shift = level
     h, w = x.shape[-2:]
-    start, end = movement_windows(seeds, fraction, name)
+    start, end = movement_windows(seeds, fraction, name, order.shots(w))
     time = (order.shot(w).double() + 0.5) / order.shots(w)  # (W,) centred lines
     inside = (time[None, :, None] >= start[:, None, :moves]) & (time[None, :, None] < end[:, None, :moves])
     pose = (inside.long() * torch.arange(1, moves + 1)).sum(-1)  # (B, W): windows are disjoint
@@ -366,7 +369,7 @@ def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrd
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-@register(ARTIFACTS, "motion", ladder=((1, 0.146, 5.0, 3.5), (2, 0.198, 5.0, 3.5), (3, 0.387, 5.0, 3.5),
+@register(ARTIFACTS, "motion", ladder=((1, 0.0, 2.98, 2.08), (2, 0.0, 3.77, 2.64), (3, 0.387, 5.0, 3.5),
                                        (4, 0.563, 5.0, 3.5), (5, 0.788, 5.0, 3.5)),
           domain="k-space", unit="(movements, window / slot, max degrees, max shift % of FOV)")
 def motion(x, level, seeds):
@@ -380,8 +383,9 @@ def motion(x, level, seeds):
     included: coherent ghosts along phase encoding (the k-space model of Shaw
     et al., "MRI k-space motion artefact augmentation", MIDL 2019, with a TSE
     view order). The seed fixes the windows' slots and centres and every
-    pose; severity adds movements and lengthens the windows (nested), so each
-    step moves a superset of the previous step's lines, in the same poses.
+    pose's direction; severity adds movements and lengthens the windows
+    (nested; at least one shot each), so each step moves a superset of the
+    previous step's lines; the poses grow up to severity 3 and then stay.
     """
     return transient_motion(x, level, seeds)
 
