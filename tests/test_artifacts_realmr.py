@@ -221,7 +221,7 @@ def test_tse_motion_differs_from_every_rigid_shift_and_from_sequential(real):
 
 def test_motion_adds_movements_without_reassigning_lines():
     seeds = torch.arange(50)
-    start, end = kspace.movement_windows(seeds, 1.0)
+    start, end = kspace.movement_windows(seeds, 1.0, 16)
     assert bool((end > start).all()) and float(start.min()) >= 0 and float(end.max()) <= 1
     order = torch.argsort(start, dim=1)
     s, e = start.gather(1, order), end.gather(1, order)
@@ -230,12 +230,11 @@ def test_motion_adds_movements_without_reassigning_lines():
     previous = None
     for step, (moves, fraction, degrees, shift) in enumerate(ladder):  # each step: a superset of the lines
         assert step == 0 or (degrees >= ladder[step - 1][2] and shift >= ladder[step - 1][3])
-        a, b = kspace.movement_windows(seeds, fraction, shots=16)
+        a, b = kspace.movement_windows(seeds, fraction, 16)
         time = (kspace.FASTMRI_KNEE.shot(64).double() + 0.5) / kspace.FASTMRI_KNEE.shots(64)
         moved = ((time[None, :, None] >= a[:, None, :moves]) & (time[None, :, None] < b[:, None, :moves]))
         pose = (moved.long() * torch.arange(1, moves + 1)).sum(-1)
-        # a movement moves at least one shot (ETL 4 lines) unless its slot's edge cuts that shot
-        assert float(((pose > 0).sum(1) >= 4 * moves).double().mean()) >= 0.9
+        assert bool(((pose > 0).sum(1) >= 4 * moves).all())  # each movement moves >= 1 shot (ETL 4 lines)
         if previous is not None:
             kept = previous > 0
             assert torch.equal(pose[kept], previous[kept]) and int((pose > 0).sum()) > int(kept.sum())

@@ -331,21 +331,25 @@ def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.T
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-def movement_windows(seeds: torch.Tensor, fraction: float, name: str = "motion",
-                     shots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def movement_windows(seeds: torch.Tensor, fraction: float, shots: int,
+                     name: str = "motion") -> tuple[torch.Tensor, torch.Tensor]:
     """`(B, MAX_MOVES)` start and end times (fractions of the scan) of disjoint movement windows.
 
-    The scan is cut into MAX_MOVES equal slots; movement m gets slot sigma(m) (a
-    per-seed permutation) and a centre uniform inside it; its window is
-    `fraction` of a slot long about that centre and at least one shot (1 / `shots`)
-    long, so that a movement moves a shot, then clipped to the slot (which can cut
-    that shot when the centre is near the slot's edge). The
-    centres are fixed by the seed, so a larger fraction gives windows that
-    contain the smaller ones (nested), whatever the number of movements used."""
+    The scan of `shots` shots is cut into MAX_MOVES equal slots; movement m gets
+    slot sigma(m) (a per-seed permutation) and a centre at the time of a shot
+    drawn uniformly among the slot's shots (shot j at time (j + 0.5) / shots);
+    its window is max(`fraction` of a slot, one shot) long about that centre,
+    clipped to the slot, so it always holds that shot. The centres are fixed by
+    the seed, so a larger fraction gives windows that contain the smaller ones
+    (nested), whatever the number of movements used."""
     slot = torch.argsort(rnd.uniform(seeds, name + "-slot", (MAX_MOVES,)), dim=-1).double()
-    centre = (slot + rnd.uniform(seeds, name + "-centre", (MAX_MOVES,))) / MAX_MOVES
+    lo, hi = slot / MAX_MOVES, (slot + 1) / MAX_MOVES
+    first, after = torch.ceil(lo * shots - 0.5), torch.ceil(hi * shots - 0.5)  # the slot's shots: first .. after - 1
+    count = (after - first).clamp(min=1)
+    pick = torch.floor(rnd.uniform(seeds, name + "-centre", (MAX_MOVES,)) * count)
+    centre = (first + pick + 0.5) / shots
     half = max(fraction / MAX_MOVES, 1 / shots) / 2
-    return torch.maximum(slot / MAX_MOVES, centre - half), torch.minimum((slot + 1) / MAX_MOVES, centre + half)
+    return torch.maximum(lo, centre - half), torch.minimum(hi, centre + half)
 
 
 def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrder = FASTMRI_KNEE,
@@ -359,7 +363,7 @@ def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrd
     in (shot time = (j + 0.5) / shots); every other line, the reference pose."""
     moves, fraction, max_degrees, max_shift = level
     h, w = x.shape[-2:]
-    start, end = movement_windows(seeds, fraction, name, order.shots(w))
+    start, end = movement_windows(seeds, fraction, order.shots(w), name)
     time = (order.shot(w).double() + 0.5) / order.shots(w)  # (W,) centred lines
     inside = (time[None, :, None] >= start[:, None, :moves]) & (time[None, :, None] < end[:, None, :moves])
     pose = (inside.long() * torch.arange(1, moves + 1)).sum(-1)  # (B, W): windows are disjoint
@@ -369,8 +373,8 @@ def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrd
     return moving_acquisition(x, pose, degrees, shifts)
 
 
-@register(ARTIFACTS, "motion", ladder=((1, 0.0, 2.98, 2.08), (2, 0.0, 3.77, 2.64), (3, 0.387, 5.0, 3.5),
-                                       (4, 0.563, 5.0, 3.5), (5, 0.788, 5.0, 3.5)),
+@register(ARTIFACTS, "motion", ladder=((1, 0.0, 2.82, 1.97), (2, 0.0, 3.45, 2.42), (3, 0.0, 5.0, 3.5),
+                                       (4, 0.625, 5.0, 3.5), (5, 0.625, 5.0, 3.5)),
           domain="k-space", unit="(movements, window / slot, max degrees, max shift % of FOV)")
 def motion(x, level, seeds):
     """Rigid in-plane motion between the shots of a 2-D turbo spin echo: ghosts along phase encoding.
