@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mrrobust.artifacts import ARTIFACTS
+from mrrobust.artifacts import ARTIFACTS, corrupt
 from mrrobust.artifacts.augment import RandomArtifacts, parse_spec
 from mrrobust.artifacts.gallery import gallery
 from mrrobust.artifacts.quality import validation_slices
@@ -52,6 +52,14 @@ def test_random_artifacts_hook():
 
     assert mrrobust.artifacts.RandomArtifacts is RandomArtifacts  # the documented import path
     assert torch.equal(RandomArtifacts("noise:0")(x, seeds), x.abs())
+    # a per-volume noise level reaches the noise entries: same as corrupt with that reference
+    noise_only = RandomArtifacts("noise")
+    _, severity = noise_only.choices(seeds)
+    level = torch.full((8,), 0.3)
+    with_level = noise_only(x, seeds, reference=level)
+    for b in range(8):
+        expected = corrupt(x[b : b + 1], "noise", int(severity[b]), seeds[b : b + 1], reference=level[b : b + 1])
+        assert torch.equal(with_level[b : b + 1], expected)
     assert parse_spec("noise:3, motion") == [("noise", 3), ("motion", 5)]
     for bad in ("blur", "noise:9", "noise:x", ""):
         with pytest.raises(MrRobustError):

@@ -1,10 +1,11 @@
 """MR acquisition artifacts, simulated on the complex k-space, batched, on any device.
 
 `corrupt(images, name, severity, seeds)` -> `(B, H, W)` float32 magnitude.
-`ARTIFACTS` (our suite, ladders tuned to degrade monotonically) and `STUDY`
-(the released protocol's five corruptions at level p, see `study`) map a name
-to an `Artifact` (function, ladder, domain, description, unit); `SUITES` maps a
-suite name to its registry. `RandomArtifacts` is the train-time hook.
+`ARTIFACTS` (our physical suite: coupled ladders, each step calibrated on real
+MR slices to an SSIM band, see `quality`) and `STUDY` (the released protocol's
+five torchio corruptions at level p, see `study`) map a name to an `Artifact`
+(function, ladder, domain, description, unit, reference, output); `SUITES` maps
+a suite name to its registry. `RandomArtifacts` is the train-time hook.
 
 Determinism: every random draw is a function of (seed, artifact, index) only
 (`random`), so a slice with a given seed is corrupted identically whatever the
@@ -53,11 +54,31 @@ def as_complex_batch(images) -> torch.Tensor:
     return x
 
 
-def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust") -> torch.Tensor:
+def as_reference(reference, batch: int, device) -> torch.Tensor | None:
+    """None, a number or `(B,)` values -> float32 `(B,)` on `device`; MrRobustError unless finite and > 0."""
+    if reference is None:
+        return None
+    r = torch.as_tensor(reference.cpu() if isinstance(reference, torch.Tensor) else reference, dtype=torch.float64)
+    if r.ndim == 0:
+        r = r.expand(batch)
+    if r.shape != (batch,) or not bool(torch.isfinite(r).all()) or not bool((r > 0).all()):
+        raise MrRobustError(f"reference must be one finite signal level > 0 per sample, shape ({batch},); got "
+                            f"{tuple(r.shape)} with min {float(r.min()) if r.numel() else 'n/a'}: pass "
+                            "kspace.volume_level(volume) for each sample's scan, or None")
+    return r.to(device=device, dtype=torch.float32)
+
+
+def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust", reference=None) -> torch.Tensor:
     """Corrupt a batch: images `(B, H, W)` complex (real = zero phase), seeds one int64 per sample.
 
-    Returns the `(B, H, W)` float32 magnitude on the images' device; severity 0
-    is the clean magnitude exactly, 1..5 walk the artifact's ladder.
+    Returns the `(B, H, W)` float32 magnitude on the images' device (the real
+    part for the study suite's torchio artifacts, `Artifact.output`, as the
+    release fed them); severity 0 is the clean magnitude exactly, 1..5 walk the
+    artifact's ladder. For one
+    seed the ladder is coupled: the seed fixes the random pattern and severity
+    scales or extends it. `reference` (number or `(B,)`, optional) is the signal
+    level of each sample's scan (`kspace.volume_level`) for the artifacts that
+    scale with it (`noise`: one sigma per volume); None uses each slice's own.
     """
     artifact = lookup(name, suite)
     if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 0 <= severity <= SEVERITIES:
@@ -67,9 +88,12 @@ def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust") ->
         seeds = as_seeds(seeds, x.shape[0])
     except (ValueError, TypeError) as err:
         raise MrRobustError(f"bad seeds for artifact {name!r}: {err}") from None
+    level = as_reference(reference, x.shape[0], x.device)
     if severity == 0:
         return x.abs()
-    return magnitude(artifact.function(x, artifact.ladder[int(severity) - 1], seeds))
+    extra = {"reference": level} if artifact.reference else {}
+    y = artifact.function(x, artifact.ladder[int(severity) - 1], seeds, **extra)
+    return y.real.contiguous() if artifact.output == "real" else magnitude(y)
 
 
 from mrrobust.artifacts.augment import RandomArtifacts  # noqa: E402  (needs corrupt above)

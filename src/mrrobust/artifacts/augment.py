@@ -2,6 +2,7 @@
 
     aug = RandomArtifacts(["noise:3", "motion"])     # or RandomArtifacts.parse("noise:3,motion")
     magnitude = aug(images_complex, seeds)            # (B, H, W) complex -> (B, H, W) float32
+    magnitude = aug(images_complex, seeds, reference=levels)  # noise: one sigma per scan
 
 Each entry is `name[:max severity]` (default 5). Per sample, the entry and a
 severity 0..max are drawn from the sample's seed (so a given seed, e.g. from
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mrrobust.artifacts import SEVERITIES, as_complex_batch, corrupt, lookup
+from mrrobust.artifacts import SEVERITIES, as_complex_batch, as_reference, corrupt, lookup
 from mrrobust.artifacts import random as rnd
 from mrrobust.errors import MrRobustError
 
@@ -54,9 +55,11 @@ class RandomArtifacts:
         severity = torch.floor(rnd.uniform(seeds, "augment-severity") * (top + 1)).long().clamp(max=top)
         return entry, severity
 
-    def __call__(self, images, seeds) -> torch.Tensor:
+    def __call__(self, images, seeds, reference=None) -> torch.Tensor:
+        """`reference`: optional signal level per sample (number or `(B,)`, see `corrupt`)."""
         x = as_complex_batch(images)
         seeds = rnd.as_seeds(seeds, x.shape[0])
+        level = as_reference(reference, x.shape[0], x.device)
         entry, severity = self.choices(seeds)
         out = x.abs()
         for key in torch.unique(entry * (SEVERITIES + 1) + severity).tolist():
@@ -65,7 +68,8 @@ class RandomArtifacts:
                 continue
             index = ((entry == e) & (severity == s)).nonzero().flatten()
             on_device = index.to(x.device)
-            out[on_device] = corrupt(x[on_device], self.entries[e][0], s, seeds[index])
+            out[on_device] = corrupt(x[on_device], self.entries[e][0], s, seeds[index],
+                                     reference=None if level is None else level[on_device])
         return out
 
     def __repr__(self) -> str:

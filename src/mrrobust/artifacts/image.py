@@ -8,6 +8,8 @@ reconstruction would on the complex data; multiplicative ones keep the phase.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -56,7 +58,7 @@ def multiply_log_polynomial(x: torch.Tensor, coefficients: torch.Tensor) -> torc
     return torch.view_as_complex(torch.view_as_real(x) * torch.exp_(log_field)[..., None])
 
 
-@register(ARTIFACTS, "bias_field", ladder=(0.1, 0.2, 0.3, 0.45, 0.6), domain="image", unit="max |coefficient| (log field)")
+@register(ARTIFACTS, "bias_field", ladder=(0.0876, 0.171, 0.25, 0.352, 0.456), domain="image", unit="max |coefficient| (log field)")
 def bias_field(x, level, seeds):
     """Bias field: smooth multiplicative shading from the receive coil's sensitivity.
 
@@ -88,7 +90,7 @@ def displace(x: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     return _complex(F.grid_sample(_planes(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False))
 
 
-@register(ARTIFACTS, "elastic", ladder=(0.005, 0.01, 0.016, 0.024, 0.035), domain="image", unit="max displacement / FOV")
+@register(ARTIFACTS, "elastic", ladder=(0.0095, 0.0139, 0.0194, 0.0271, 0.0375), domain="image", unit="max displacement / FOV")
 def elastic(x, level, seeds):
     """Elastic deformation: smooth non-rigid displacement of the anatomy.
 
@@ -105,27 +107,50 @@ def elastic(x, level, seeds):
 # ---- anisotropy ---------------------------------------------------------------
 
 
+def anisotropy_kernel(factor: float, oversample: int = 64) -> torch.Tensor:
+    """`(K,)` float64 point-spread function along the coarse axis, on the fine pixel grid: a
+    pixel `factor` times wider (box of width factor) displayed by linear interpolation
+    (triangle of half-width factor); K = 2 ceil(1.5 factor) + 1 taps, sum 1. Widens
+    continuously with the factor (factor 1: close to the identity)."""
+    radius = math.ceil(1.5 * factor)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    u = (torch.arange(oversample, dtype=torch.float64) + 0.5) / oversample * factor - factor / 2  # box samples
+    triangle = (1 - (taps[:, None] - u[None, :]).abs() / factor).clamp(min=0)
+    kernel = triangle.mean(dim=1)
+    return kernel / kernel.sum()
+
+
 def _blur_rows(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """complex `(n, H, W)`: average rows down to H / factor, then interpolate linearly back to H.
+    """complex `(n, H, W)` convolved along H with `anisotropy_kernel(factor)` (edges replicated).
 
-    Works on the contiguous real view `(n, 1, H, 2W)`; along 2W the sizes match, so
-    pooling and interpolation leave that axis exactly as it is."""
+    Works on the contiguous real view `(n, 1, H, 2W)`, so the real and imaginary
+    parts and every column are filtered alike; one multiply-add per tap (a conv
+    kernel's summation order would depend on the batch size)."""
     n, h, w = x.shape
+    kernel = anisotropy_kernel(factor).tolist()
+    radius = len(kernel) // 2
     planes = torch.view_as_real(x).reshape(n, 1, h, 2 * w)
-    low = F.adaptive_avg_pool2d(planes, (max(1, round(h / factor)), 2 * w))
-    back = F.interpolate(low, size=(h, 2 * w), mode="bilinear", align_corners=False)
-    return torch.view_as_complex(back.reshape(n, h, w, 2))
+    padded = F.pad(planes, (0, 0, radius, radius), mode="replicate")
+    out = padded[:, :, :h] * kernel[0]
+    for tap in range(1, len(kernel)):
+        out.add_(padded[:, :, tap : tap + h], alpha=kernel[tap])
+    return torch.view_as_complex(out.reshape(n, h, w, 2))
 
 
-@register(ARTIFACTS, "anisotropy", ladder=(2.0, 3.0, 4.0, 5.0, 6.0), domain="image", unit="resolution loss factor")
+@register(ARTIFACTS, "anisotropy", ladder=(1.71, 2.42, 3.35, 4.55, 6.34), domain="image", unit="resolution loss factor")
 def anisotropy(x, level, seeds):
     """Anisotropy: resolution reduced by a factor along one axis, then interpolated back.
 
     A protocol with larger pixels (or thicker slices, seen in a reformatted
-    plane) along one axis, displayed on the original grid: area averaging to
-    N / factor samples, linear interpolation back (torchio RandomAnisotropy).
-    The axis (rows or columns) is drawn per sample; the column group is
-    processed transposed. Group membership is known on the CPU: no device sync.
+    plane) along one axis, displayed on the original grid: a pixel `factor`
+    times wider integrates the signal over its width (box) and is shown by
+    linear interpolation (triangle), so the image is convolved with their
+    convolution (`anisotropy_kernel`, shift-invariant, so the blur grows
+    continuously with the factor). torchio's RandomAnisotropy, the
+    inspiration, instead resamples: nearest neighbours down, linear back up
+    (aliasing rather than averaging). The axis (rows or columns) is fixed by
+    the seed, the factor grows with severity; the column group is processed
+    transposed. Group membership is known on the CPU: no device sync.
     """
     along_columns = rnd.uniform(seeds, "anisotropy-axis") < 0.5
     out = torch.empty_like(x)
@@ -140,7 +165,7 @@ def anisotropy(x, level, seeds):
 # ---- contrast -----------------------------------------------------------------
 
 
-@register(ARTIFACTS, "contrast", ladder=((0.1, 0.05), (0.2, 0.1), (0.3, 0.16), (0.45, 0.24), (0.6, 0.35)), domain="image",
+@register(ARTIFACTS, "contrast", ladder=((0.195, 0.108), (0.29, 0.16), (0.405, 0.223), (0.547, 0.301), (0.733, 0.403)), domain="image",
           unit="(|log gamma|, |log gain|)")
 def contrast(x, level, seeds):
     """Contrast shift: global gamma and gain change of the magnitude, phase kept.

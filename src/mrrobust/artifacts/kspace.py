@@ -10,13 +10,17 @@ signed frequency), the same index `fft2c` uses; the centring phase ramp does not
 change which line is which, nor any per-line factor.
 
 Every function: `fn(x complex (B, H, W), level (one ladder entry), seeds CPU
-int64 (B,)) -> complex (B, H, W)` on x's device. Parameters are drawn on the CPU
+int64 (B,)) -> complex (B, H, W)` on x's device (`noise` also takes
+`reference=`, the per-sample signal level). Parameters are drawn on the CPU
 from `random` (per sample) and moved to the device; nothing loops over samples.
+The seed fixes each artifact's random pattern and the ladder entry scales or
+extends it, so for one seed severity s + 1 is never milder than s.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,21 +59,37 @@ def magnitude(x: torch.Tensor) -> torch.Tensor:
 # ---- noise --------------------------------------------------------------------
 
 
-def rms_level(x: torch.Tensor) -> torch.Tensor:
-    """`(B,)` per-slice signal level: RMS of |x| (= k-space energy per sample, by Parseval)."""
-    return torch.linalg.vector_norm(torch.view_as_real(x), dim=(1, 2, 3)) / math.sqrt(x.shape[-2] * x.shape[-1])
+def signal_level(x: torch.Tensor) -> torch.Tensor:
+    """`(B,)` float32 per-slice signal level: RMS of |x| (= k-space energy per sample, by Parseval).
+
+    Accumulated in float64, so values up to float32's maximum give a finite level."""
+    planes = torch.view_as_real(x)
+    return (torch.linalg.vector_norm(planes, dim=(1, 2, 3), dtype=torch.float64)
+            / math.sqrt(x.shape[-2] * x.shape[-1])).to(torch.float32)
+
+
+rms_level = signal_level  # former name
+
+
+def volume_level(volume) -> float:
+    """One signal level for a whole scan: RMS of |x| over all its slices `(N, H, W)` (complex or
+    magnitude). Pass it to `corrupt(..., reference=...)` for every slice of that volume, so the
+    scan gets one thermal noise sigma, as a receiver has."""
+    v = torch.as_tensor(volume)
+    planes = torch.view_as_real(v) if v.is_complex() else v
+    return float(torch.linalg.vector_norm(planes, dtype=torch.float64) / math.sqrt(v.numel()))
 
 
 def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str) -> torch.Tensor:
-    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel; sigma `(B,)` on x's device.
-
-    One window copy of the noise bank and one fused multiply-add on the real view."""
+    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel (`random.complex_noise`); sigma
+    `(B,)` on x's device. One fused multiply-add on the real view."""
     field = rnd.complex_noise(seeds, name, tuple(x.shape[-2:]), x.device)
     return torch.view_as_complex(torch.addcmul(torch.view_as_real(x), sigma.to(field.dtype)[:, None, None, None], field))
 
 
-@register(ARTIFACTS, "noise", ladder=(0.04, 0.08, 0.13, 0.2, 0.3), domain="k-space", unit="sigma / RMS signal")
-def noise(x, level, seeds):
+@register(ARTIFACTS, "noise", ladder=(0.021, 0.043, 0.0786, 0.126, 0.19), domain="k-space", unit="sigma / RMS signal",
+          reference=True)
+def noise(x, level, seeds, reference=None):
     """Thermal noise: complex white Gaussian noise in k-space; Rician magnitude.
 
     Receiver thermal noise is white, zero-mean complex Gaussian in k-space with
@@ -77,10 +97,13 @@ def noise(x, level, seeds):
     unitary, so that noise is also white complex Gaussian with the same sigma in
     image space, where we add it (same distribution, no FFT); the magnitude then
     follows a Rician law, Rayleigh (mean sigma*sqrt(pi/2)) where there is no
-    signal (Gudbjartsson & Patz, MRM 1995). sigma = level * RMS(|x|) per slice,
-    so a severity means the same SNR whatever the intensity scale.
+    signal (Gudbjartsson & Patz, MRM 1995). sigma = level * reference, with
+    `reference` `(B,)` the signal level of each sample's scan (`volume_level`:
+    one sigma per volume); without it each slice's own RMS |x| (`signal_level`:
+    one SNR per slice). The field is fixed by the seed; severity scales sigma.
     """
-    return add_complex_noise(x, level * rms_level(x), seeds, "noise")
+    base = signal_level(x) if reference is None else reference.to(device=x.device, dtype=torch.float32)
+    return add_complex_noise(x, level * base, seeds, "noise")
 
 
 # ---- ghosting -----------------------------------------------------------------
@@ -94,28 +117,46 @@ def scale_lines(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return ifft_pe(k)
 
 
-@register(ARTIFACTS, "ghosting", ladder=((2, 0.08), (2, 0.16), (2, 0.26), (3, 0.45), (3, 0.7)), domain="k-space",
+def comb_lines(x: torch.Tensor, period: int, residue: torch.Tensor) -> torch.Tensor:
+    """The part of x whose phase-encode lines are `line % period == residue` (`(B,)`, centred line
+    index), without an FFT when period divides W: the comb in k-space is the average of the
+    period's circular shifts by W / period, each with the phase exp(-2 pi i j q / period),
+    q = (residue - W // 2) mod period (the signed frequency's class)."""
+    width = x.shape[-1]
+    if width % period:
+        hit = (torch.arange(width)[None, :] - residue[:, None]) % period == 0
+        return scale_lines(x, hit.to(device=x.device, dtype=x.dtype))
+    q = ((residue - width // 2) % period).double()
+    out = x / period
+    for j in range(1, period):
+        phase = torch.polar(torch.full_like(q, 1.0 / period), -2 * math.pi * j * q / period)
+        out = out + _to_complex(phase, x)[:, None, None] * torch.roll(x, -j * width // period, -1)
+    return out
+
+
+def _to_complex(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.to(device=x.device, dtype=x.dtype)
+
+
+@register(ARTIFACTS, "ghosting", ladder=((2, 0.161), (2, 0.315), (2, 0.513), (2, 0.756), (2, 1.083)), domain="k-space",
           unit="(period P lines, line error |d|)")
 def ghosting(x, level, seeds):
     """Ghosting: a periodic line-to-line inconsistency along phase encoding.
 
-    Every P-th phase-encode line (random offset r) is acquired with a complex
-    error, line *= 1 - d with |d| from the ladder and a random phase, as with
-    odd/even echo mismatch in EPI or periodic (cardiac, respiratory) signal
-    change. A k-space modulation with period P lines puts P - 1 ghosts of the
-    object at shifts of W/P along phase encoding; P = 2 is the N/2 ghost
-    (Haacke et al., Magnetic Resonance Imaging: Physical Principles and
-    Sequence Design, Wiley 1999; McRobbie et al., MRI from Picture to Proton,
-    Cambridge University Press, artefacts chapter).
+    Every P-th phase-encode line (offset r in 0..P-1) is acquired with a complex
+    error, line *= 1 - d, |d| from the ladder, arg d uniform, as with odd/even
+    echo mismatch in EPI or periodic (cardiac, respiratory) signal change. A
+    k-space modulation with period P lines puts P - 1 ghosts of the object at
+    shifts of W/P along phase encoding; P = 2 is the N/2 ghost (Haacke et al.,
+    Magnetic Resonance Imaging: Physical Principles and Sequence Design, Wiley
+    1999, ch. on artifacts). The seed fixes r and arg d; severity scales |d|, so
+    the ghost grows in place. Computed as x - d * comb(x) (`comb_lines`).
     """
     period, magnitude = level
-    b, width = x.shape[0], x.shape[-1]
     offset = rnd.integers(seeds, "ghosting-offset", period)
     phase = 2 * math.pi * rnd.uniform(seeds, "ghosting-phase")
-    hit = (torch.arange(width)[None, :] - offset[:, None]) % period == 0
-    error = torch.polar(torch.full((b,), float(magnitude), dtype=torch.float64), phase)
-    factor = torch.where(hit, 1 - error[:, None], torch.ones((), dtype=torch.complex128))
-    return scale_lines(x, factor.to(device=x.device, dtype=x.dtype))
+    error = _to_complex(torch.polar(torch.full_like(phase, float(magnitude)), phase), x)
+    return x - error[:, None, None] * comb_lines(x, period, offset)
 
 
 # ---- spike --------------------------------------------------------------------
@@ -148,7 +189,7 @@ def add_spikes(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, amplitud
     return x
 
 
-@register(ARTIFACTS, "spike", ladder=((1, 0.02), (1, 0.04), (2, 0.06), (2, 0.09), (3, 0.12)), domain="k-space",
+@register(ARTIFACTS, "spike", ladder=((1, 0.04), (1, 0.0837), (2, 0.11), (2, 0.174), (3, 0.213)), domain="k-space",
           unit="(spikes, amplitude / k-space peak)")
 def spike(x, level, seeds):
     """Spike (herringbone, corduroy): a few corrupted k-space samples.
@@ -158,8 +199,12 @@ def spike(x, level, seeds):
     direction and spacing are set by the sample's position (Zhuo & Gullapalli,
     "MR artifacts, safety, and quality control", RadioGraphics 26(1), 2006;
     Bernstein, King & Zhou, Handbook of MRI Pulse Sequences, Elsevier 2004).
-    Positions are uniform over k-space outside the central 1/8 (in each axis),
-    phases uniform, amplitude = level x the magnitude image's k-space peak.
+    Each spike's signed frequency is drawn per axis with |f| uniform in
+    [n/16, n/2) (so no spike lies on the central cross |f_h| < H/16 or
+    |f_w| < W/16), its phase uniform; amplitude = level x the magnitude image's
+    k-space peak. The seed fixes the positions and phases of the ladder's
+    largest count; severity s takes the first `count` of them and scales the
+    amplitude, so a spike once present stays where it is.
     """
     count, relative = level
     h, w = x.shape[-2:]
@@ -197,92 +242,201 @@ def rigid_grid(degrees: torch.Tensor, shifts: torch.Tensor, h: int, w: int, devi
     return grid
 
 
-def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Acquire phase-encode lines in linear order while the object moves (Shaw et al. 2019).
-
-    `times` `(B, M)` sorted fractions in (0, 1): the object takes pose m + 1 after
-    time m; the segment that holds the k-space centre keeps the reference pose
-    (identity), the others take the rigid poses `degrees`/`shifts` `(B, M)`,
-    `(B, M, 2)`. Returns the image reconstructed from the mixed k-space. One
-    bilinear resampling (real and imaginary as two channels) and one 1-D FFT per
-    movement, each over the whole batch.
-    """
-    b, m = degrees.shape
-    h, width = x.shape[-2:]
-    line = torch.arange(width, dtype=torch.float64)
-    segment = (line[None, :, None] >= times[:, None, :] * width).sum(-1)  # (B, W) in 0..M
-    centre = segment[:, width // 2]
-    pose = torch.where(segment == centre[:, None], 0, segment + (segment < centre[:, None]).long())  # 0 = reference
-    pick = pose[:, line_index(width)]  # (B, W) in FFT column order
+def rigid_move(x: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """complex `(B, H, W)` in the rigid pose (`rigid_grid`): bilinear resampling of the real and
+    imaginary parts (two channels), zeros outside the field of view."""
+    h, w = x.shape[-2:]
     planes = torch.view_as_real(x).permute(0, 3, 1, 2)  # (B, 2, H, W) view
+    moved = F.grid_sample(planes, rigid_grid(degrees, shifts, h, w, x.device), mode="bilinear",
+                          padding_mode="zeros", align_corners=False)
+    return torch.view_as_complex(moved.permute(0, 2, 3, 1).contiguous())
+
+
+@dataclass(frozen=True)
+class ViewOrder:
+    """When each phase-encode line is acquired in a 2-D (turbo) spin echo.
+
+    A shot (one excitation, one TR) acquires `echo_train_length` lines, one per
+    echo. "interleaved" (turbo spin echo's linear-segmented order; Bernstein,
+    King & Zhou, Handbook of MRI Pulse Sequences, 2004, ch. 16 on RARE): the W
+    lines form ETL contiguous segments of S = ceil(W / ETL) lines, shot j
+    acquires line j of every segment, and the segment holding the k-space
+    centre is read at echo `effective_echo` (the echo that sets the contrast;
+    default ETL // 2), neighbouring segments at neighbouring echoes (cyclic).
+    "sequential": shot j acquires the lines j*ETL .. j*ETL + ETL - 1 in linear
+    order (with ETL 1, a conventional spin echo).
+    The default ETL 4 is the fastMRI knee protocol's echo train length
+    (Zbontar et al., arXiv 1811.08839, knee sequence parameters: 2-D coronal TSE).
+    """
+
+    echo_train_length: int = 4
+    order: str = "interleaved"
+    effective_echo: int | None = None
+
+    def __post_init__(self):
+        if self.order not in ("interleaved", "sequential"):
+            raise ValueError(f"view order must be 'interleaved' or 'sequential'; got {self.order!r}")
+        if self.echo_train_length < 1:
+            raise ValueError(f"echo train length must be >= 1; got {self.echo_train_length}")
+
+    def shots(self, width: int) -> int:
+        """Number of shots (excitations) to acquire `width` lines."""
+        return -(-width // self.echo_train_length)
+
+    def shot(self, width: int) -> torch.Tensor:
+        """`(W,)` int64: the shot (acquisition time step 0..shots-1) of each centred line."""
+        line = torch.arange(width)
+        if self.order == "sequential":
+            return line // self.echo_train_length
+        return line % self.shots(width)
+
+    def echo(self, width: int) -> torch.Tensor:
+        """`(W,)` int64: the echo (0..ETL-1) that acquires each centred line."""
+        line, etl = torch.arange(width), self.echo_train_length
+        if self.order == "sequential":
+            return line % etl
+        centre_echo = etl // 2 if self.effective_echo is None else self.effective_echo
+        segment, centre_segment = line // self.shots(width), (width // 2) // self.shots(width)
+        return (segment - centre_segment + centre_echo) % etl
+
+
+FASTMRI_KNEE = ViewOrder(echo_train_length=4, order="interleaved")
+MAX_MOVES = 5  # movement windows drawn per seed; severity s uses the first `moves` of them
+
+
+def moving_acquisition(x: torch.Tensor, pose: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Reconstruct from k-space lines acquired in different rigid poses of the object.
+
+    `pose` `(B, W)` int64 per centred line: 0 = the reference (clean) pose,
+    m = the pose `degrees[:, m-1]`, `shifts[:, m-1]` (`(B, M)`, `(B, M, 2)` pixels).
+    One bilinear resampling and one 1-D FFT per pose, each over the whole batch."""
+    m = degrees.shape[1]
+    pick = pose[:, line_index(x.shape[-1])].to(x.device)  # (B, W) in FFT column order
     k = fft_pe(x)
     for move in range(m):
-        grid = rigid_grid(degrees[:, move], shifts[:, move], h, width, x.device)
-        moved = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        moved_k = fft_pe(torch.view_as_complex(moved.permute(0, 2, 3, 1).contiguous()))
-        k = torch.where((pick == move + 1).to(x.device)[:, None, :], moved_k, k)
+        moved_k = fft_pe(rigid_move(x, degrees[:, move], shifts[:, move]))
+        k = torch.where((pick == move + 1)[:, None, :], moved_k, k)
     return ifft_pe(k)
 
 
-@register(ARTIFACTS, "motion", ladder=((1, 1.5, 1.0), (1, 3.0, 2.0), (2, 4.5, 3.0), (3, 6.0, 4.5), (4, 8.0, 6.0)),
-          domain="k-space", unit="(movements, max degrees, max shift % of FOV)")
-def motion(x, level, seeds):
-    """Rigid in-plane motion during the acquisition: ghosting and blurring along phase encoding.
+def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Lines in linear order, the object moving to pose m + 1 after time `times[:, m]` (sorted
+    fractions in (0, 1)) and staying; the block holding the k-space centre keeps the reference
+    pose (Shaw et al., MIDL 2019). `degrees` `(B, M)`, `shifts` `(B, M, 2)` pixels."""
+    width = x.shape[-1]
+    line = torch.arange(width, dtype=torch.float64)
+    segment = (line[None, :, None] >= times[:, None, :] * width).sum(-1)  # (B, W) in 0..M
+    centre = segment[:, width // 2]
+    pose = torch.where(segment == centre[:, None], 0, segment + (segment < centre[:, None]).long())
+    return moving_acquisition(x, pose, degrees, shifts)
 
-    Lines are acquired in linear phase-encode order; the knee moves M times, at
-    times uniform in (0.1, 0.9), to a new rigid pose (rotation uniform in
-    +-degrees about the centre, translation uniform in +-shift % of the field of
-    view in each axis). Each contiguous block of lines comes from the image in
-    its pose (Shaw et al., "MRI k-space motion artefact augmentation: model
-    robustness and task-specific uncertainty", MIDL 2019); the block that holds the k-space centre is the reference pose. A
-    rigidly moved copy alone (torchio on 2-D slices) has no such artifact.
-    """
-    moves, max_degrees, max_shift = level
+
+def movement_windows(seeds: torch.Tensor, fraction: float, shots: int,
+                     name: str = "motion") -> tuple[torch.Tensor, torch.Tensor]:
+    """`(B, MAX_MOVES)` start and end times (fractions of the scan) of disjoint movement windows.
+
+    The scan of `shots` shots is cut into MAX_MOVES equal slots; movement m gets
+    slot sigma(m) (a per-seed permutation) and a centre at the time of a shot
+    drawn uniformly among the slot's shots (shot j at time (j + 0.5) / shots);
+    its window is max(`fraction` of a slot, one shot) long about that centre,
+    clipped to the slot, so it always holds that shot. The centres are fixed by
+    the seed, so a larger fraction gives windows that contain the smaller ones
+    (nested), whatever the number of movements used."""
+    slot = torch.argsort(rnd.uniform(seeds, name + "-slot", (MAX_MOVES,)), dim=-1).double()
+    lo, hi = slot / MAX_MOVES, (slot + 1) / MAX_MOVES
+    first, after = torch.ceil(lo * shots - 0.5), torch.ceil(hi * shots - 0.5)  # the slot's shots: first .. after - 1
+    count = (after - first).clamp(min=1)
+    pick = torch.floor(rnd.uniform(seeds, name + "-centre", (MAX_MOVES,)) * count)
+    centre = (first + pick + 0.5) / shots
+    half = max(fraction / MAX_MOVES, 1 / shots) / 2
+    return torch.maximum(lo, centre - half), torch.minimum(hi, centre + half)
+
+
+def transient_motion(x: torch.Tensor, level, seeds: torch.Tensor, order: ViewOrder = FASTMRI_KNEE,
+                     name: str = "motion") -> torch.Tensor:
+    """Rigid movements during windows of shots, the object back in place in between.
+
+    level = (moves, window fraction of a slot, max degrees, max shift % of FOV).
+    Per seed and movement: a window (`movement_windows`), a rotation u * max
+    degrees and a shift v * max shift % of the field of view per axis, u, v
+    fixed uniforms in (-1, 1). A line takes the pose of the window its shot lies
+    in (shot time = (j + 0.5) / shots); every other line, the reference pose."""
+    moves, fraction, max_degrees, max_shift = level
     h, w = x.shape[-2:]
-    times = torch.sort(0.1 + 0.8 * rnd.uniform(seeds, "motion-times", (moves,)), dim=-1).values
-    degrees = max_degrees * (2 * rnd.uniform(seeds, "motion-degrees", (moves,)) - 1)
-    shifts = max_shift / 100 * (2 * rnd.uniform(seeds, "motion-shifts", (moves, 2)) - 1) * torch.tensor([h, w])
-    return segmented_acquisition(x, times, degrees, shifts)
+    start, end = movement_windows(seeds, fraction, order.shots(w), name)
+    time = (order.shot(w).double() + 0.5) / order.shots(w)  # (W,) centred lines
+    inside = (time[None, :, None] >= start[:, None, :moves]) & (time[None, :, None] < end[:, None, :moves])
+    pose = (inside.long() * torch.arange(1, moves + 1)).sum(-1)  # (B, W): windows are disjoint
+    degrees = max_degrees * (2 * rnd.uniform(seeds, name + "-degrees", (MAX_MOVES,)) - 1)[:, :moves]
+    unit_shift = (2 * rnd.uniform(seeds, name + "-shifts", (MAX_MOVES, 2)) - 1)[:, :moves]
+    shifts = max_shift / 100 * unit_shift * torch.tensor([h, w], dtype=torch.float64)
+    return moving_acquisition(x, pose, degrees, shifts)
+
+
+@register(ARTIFACTS, "motion", ladder=((1, 0.0, 2.82, 1.97), (2, 0.0, 3.45, 2.42), (3, 0.0, 5.0, 3.5),
+                                       (4, 0.625, 5.0, 3.5), (5, 0.625, 5.0, 3.5)),
+          domain="k-space", unit="(movements, window / slot, max degrees, max shift % of FOV)")
+def motion(x, level, seeds):
+    """Rigid in-plane motion between the shots of a 2-D turbo spin echo: ghosts along phase encoding.
+
+    The knee moves `moves` times during the scan, each time for a window of
+    shots, to a rigid pose (rotation about the centre, translation), and back
+    (`transient_motion`). Lines are acquired in the fastMRI knee order
+    (`FASTMRI_KNEE`: turbo spin echo, echo train 4, interleaved shots), so a
+    moved shot corrupts lines spread over all of k-space, the centre segment
+    included: coherent ghosts along phase encoding (the k-space model of Shaw
+    et al., "MRI k-space motion artefact augmentation", MIDL 2019, with a TSE
+    view order). The seed fixes the windows' slots and centres and every
+    pose's direction; severity adds movements and lengthens the windows
+    (nested; at least one shot each), so each step moves a superset of the
+    previous step's lines; the poses grow up to severity 3 and then stay.
+    """
+    return transient_motion(x, level, seeds)
 
 
 # ---- undersampling ------------------------------------------------------------
 
 
-def undersampling_mask(seeds: torch.Tensor, width: int, acceleration: float, center_fraction: float) -> torch.Tensor:
-    """`(B, W)` bool CPU mask over centred phase-encode lines (fastMRI convention).
+def undersampling_mask(seeds: torch.Tensor, width: int, acceleration: float, center_fraction: float,
+                       kind: str = "random") -> torch.Tensor:
+    """`(B, W)` bool CPU mask over centred phase-encode lines (fastMRI's `RandomMaskFunc` /
+    `EquispacedMaskFunc` conventions).
 
-    A fully sampled centre of round(W * center_fraction) lines starting at
-    (W - n + 1) // 2; outside it, per sample at random, either each line kept with
-    probability (W / R - n) / (W - n) ("random") or every line at spacing
-    R (n - W) / (n R - W) from a random offset ("equispaced"); either way about
-    W / R lines are kept in total.
+    A fully sampled centre of n = round(W * center_fraction) lines starting at
+    (W - n + 1) // 2. "random": each other line kept when its per-seed uniform
+    u_line < (W / R - n) / (W - n); the uniforms are fixed by the seed, so for
+    one seed a higher R (with a smaller centre) keeps a subset of a lower R's
+    lines, as fastMRI's masks do for one seed. "equispaced": the lines
+    round(o + j * s) for s = R (n - W) / (n R - W) and an offset o uniform in
+    [0, s) (continuous, so every seed gets its own phase); not nested across R.
+    Either way about W / R lines are kept in total.
     """
-    b = seeds.shape[0]
     n_low = round(width * center_fraction)
     pad = (width - n_low + 1) // 2
     line = torch.arange(width)
     centre = (line >= pad) & (line < pad + n_low)
-    prob = (width / acceleration - n_low) / (width - n_low)
-    random_kind = rnd.uniform(seeds, "mask-kind") < 0.5
-    keep_random = rnd.uniform(seeds, "mask-lines", (width,)) < prob
+    if kind == "random":
+        prob = (width / acceleration - n_low) / (width - n_low)
+        return (rnd.uniform(seeds, "mask-lines", (width,)) < prob) | centre
+    if kind != "equispaced":
+        raise ValueError(f"mask kind must be 'random' or 'equispaced'; got {kind!r}")
     spacing = acceleration * (n_low - width) / (n_low * acceleration - width)
-    offset = rnd.integers(seeds, "mask-offset", max(1, round(spacing)))
+    offset = spacing * rnd.uniform(seeds, "mask-offset")
     picks = torch.round(offset[:, None] + torch.arange(math.ceil(width / spacing) + 1) * spacing).long()
-    keep_equi = torch.zeros(b, width + 1, dtype=torch.bool)
-    keep_equi.scatter_(1, picks.clamp(max=width), True)
-    keep = torch.where(random_kind[:, None], keep_random, keep_equi[:, :width])
-    return keep | centre
+    keep = torch.zeros(seeds.shape[0], width + 1, dtype=torch.bool)
+    keep.scatter_(1, picks.clamp(max=width), True)
+    return keep[:, :width] | centre
 
 
-@register(ARTIFACTS, "undersampling", ladder=((2, 0.16), (3, 0.12), (4, 0.08), (6, 0.06), (8, 0.04)),
+@register(ARTIFACTS, "undersampling", ladder=((1.17, 0.273), (1.41, 0.227), (1.78, 0.18), (2.41, 0.133), (3.15, 0.102)),
           domain="k-space", unit="(acceleration R, centre fraction)")
 def undersampling(x, level, seeds):
     """Accelerated acquisition: phase-encode lines skipped, zero-filled reconstruction.
 
-    fastMRI masks (Zbontar et al., arXiv 1811.08839): a fully sampled centre and
-    random or equispaced outer lines, about W / R lines in all; the missing lines
-    are zero, giving aliasing along phase encoding (coherent copies for
-    equispaced, noise-like for random) and loss of detail.
+    fastMRI random masks (Zbontar et al., arXiv 1811.08839; `undersampling_mask`):
+    a fully sampled centre and random outer lines, about W / R lines in all,
+    nested along the ladder for one seed; the missing lines are zero, giving
+    noise-like aliasing along phase encoding and loss of detail.
     """
     acceleration, center_fraction = level
     keep = undersampling_mask(seeds, x.shape[-1], acceleration, center_fraction)
@@ -303,7 +457,7 @@ def truncate(x: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.fft.ifft2(k, norm="ortho")
 
 
-@register(ARTIFACTS, "gibbs", ladder=(0.7, 0.55, 0.42, 0.32, 0.24), domain="k-space", unit="kept fraction of k-space per axis")
+@register(ARTIFACTS, "gibbs", ladder=(0.719, 0.531, 0.406, 0.3125, 0.25), domain="k-space", unit="kept fraction of k-space per axis")
 def gibbs(x, level, seeds):
     """Gibbs ringing: k-space truncated by a box window, ringing at every sharp edge.
 

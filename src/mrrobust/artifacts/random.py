@@ -8,13 +8,13 @@ the same corruption whatever the batch around it.
 
 - Small parameter vectors (angles, positions, coefficients) are drawn on the
   CPU in float64 by `uniform` / `normal` and then moved to the device.
-- Large random fields (thermal noise) come from `complex_noise`: a fixed bank of
-  2**(k+1) complex standard normals, built once per process by the same hash
-  (Box-Muller) on the CPU and copied to the device. Each sample reads one
-  contiguous window of H*W entries starting at its own hashed offset in
-  [0, 2**k), 2**k >= H*W: a row copy, not a per-pixel gather. Within a slice
-  every pixel reads a different bank entry, so the field is i.i.d.
-  N(0, 1) + i N(0, 1); different samples start at independent offsets.
+- Large random fields (thermal noise) come from `complex_noise`: a counter-based
+  generator. Pixel counter i of sample b is hashed as lowbias32(a_b * i + c_b)
+  (Wellons' "hash prospector" 2-round integer hash, int32 ops with wrap-around
+  multiplication, identical on the CPU and CUDA), with a_b (odd) and c_b two
+  32-bit keys of the sample's seed; two hashes per pixel give Box-Muller's
+  two uniforms (24 bits each). No shared bank: every (seed, pixel) is its own
+  draw, so two seeds' fields are independent, not windows of one array.
 
 A stream is a stable 32-bit id of a name (`stream("noise")`), never Python's
 salted `hash`.
@@ -51,8 +51,12 @@ def as_seeds(seeds, batch: int) -> torch.Tensor:
     ValueError on a wrong length and TypeError on non-integer values (floats are
     refused, not truncated)."""
     array = np.asarray(seeds.cpu() if isinstance(seeds, torch.Tensor) else seeds)
+    if array.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
+        raise ValueError("seeds must lie in the int64 range -2**63 .. 2**63 - 1; got a larger integer (not wrapped)")
     if array.dtype.kind not in "iu":
         raise TypeError(f"seeds must be integers (int64); got dtype {array.dtype}")
+    if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"seeds must lie in the int64 range; got {int(array.max())} (not wrapped)")
     t = torch.as_tensor(array.astype(np.int64))
     if t.ndim != 1 or t.shape[0] != batch:
         raise ValueError(f"seeds must be one int64 per sample, shape ({batch},); got shape {tuple(t.shape)}")
@@ -90,37 +94,57 @@ def integers(seeds: torch.Tensor, name: str, high: int, shape: tuple[int, ...] =
     return torch.floor(uniform(seeds, name, shape) * high).long().clamp_(max=high - 1)
 
 
-_BANKS: dict[tuple[int, str], torch.Tensor] = {}
+def _int32(values: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2**32) -> the int32 with the same 32 bits."""
+    return (values - ((values >> 31) << 32)).to(torch.int32)
 
 
-def _bank_bits(size: int) -> int:
-    return max(20, (size - 1).bit_length())
+_LOWBIAS = ((16, _int32(torch.tensor(0x7FEB352D)).item()), (15, _int32(torch.tensor(0x846CA68B)).item()), (16, None))
 
 
-def noise_bank(log2_size: int, device: torch.device) -> torch.Tensor:
-    """The fixed bank of `2**(log2_size + 1)` complex standard normals (E|z|^2 = 2) on `device`,
-    as float32 `(2 * 2**(log2_size + 1),)` interleaved (real, imaginary)."""
-    key = (log2_size, str(device))
-    if key not in _BANKS:
-        cpu_key = (log2_size, "cpu")
-        if cpu_key not in _BANKS:
-            count = 2 ** (log2_size + 1)
-            u = (_mix32(torch.arange(2 * count, dtype=torch.int64) ^ stream("noise-bank")).double() + 0.5) / 2.0**32
-            u1, u2 = u[0::2], u[1::2]
-            r = torch.sqrt(-2.0 * torch.log(u1))
-            pairs = torch.stack([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], -1)
-            _BANKS[cpu_key] = pairs.to(torch.float32).flatten()
-        _BANKS[key] = _BANKS[cpu_key].to(device)
-    return _BANKS[key]
+def _lowbias32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """In place: Wellons' lowbias32 hash of int32 bit patterns (logical shifts emulated by masking)."""
+    for shift, multiplier in _LOWBIAS:
+        torch.bitwise_right_shift(x, shift, out=scratch)
+        scratch &= (1 << (32 - shift)) - 1
+        x ^= scratch
+        if multiplier is not None:
+            x *= multiplier
+    return x
+
+
+_CHUNK = 2**23  # counters hashed at once on the CPU (few large ops: cheap under thread contention); CUDA: all
 
 
 def complex_noise(seeds: torch.Tensor, name: str, shape: tuple[int, int], device) -> torch.Tensor:
     """`(B, H, W, 2)` float32 (real, imaginary) parts, i.i.d. N(0, 1), identical on every device.
 
-    Sample b is the bank window starting at entry `offset_b`, a hash of its seed."""
+    Counter-based: pixel p's two uniforms are hashes of counters p and H*W + p
+    under the sample's keys (see the module docstring), turned into a complex
+    normal by Box-Muller (radius sqrt(-2 ln u1), angle 2 pi u2; |z| <= 5.9 as
+    u1 >= 2**-25). Returned as a `(B, H, W, 2)` view of `(B, 2, H, W)` planes."""
     h, w = shape
-    log2_size = _bank_bits(h * w)
-    bank = noise_bank(log2_size, torch.device(device))
-    offset = bits(seeds, name, 1)[:, 0] & (2**log2_size - 1)
-    windows = bank.unfold(0, 2 * h * w, 2)  # (entries - H*W + 1, 2*H*W) view, row i = entries i .. i + H*W - 1
-    return windows[offset.to(device)].reshape(seeds.shape[0], h, w, 2)
+    device = torch.device(device)
+    keys = bits(seeds, name, 2)
+    multiplier, increment = _int32(keys[:, 0] | 1), _int32(keys[:, 1])
+    n = h * w
+    counter = torch.arange(2 * n, dtype=torch.int32, device=device)
+    planes = torch.empty(seeds.shape[0], 2, n, device=device)
+    step = seeds.shape[0] if device.type == "cuda" else max(1, _CHUNK // (2 * n))
+    for lo in range(0, seeds.shape[0], step):
+        a = multiplier[lo : lo + step, None].to(device)
+        c = increment[lo : lo + step, None].to(device)
+        x = counter[None, :] * a  # int32: wraps mod 2**32
+        x += c
+        scratch = torch.empty_like(x)
+        _lowbias32_(x, scratch)
+        torch.bitwise_right_shift(x, 8, out=scratch)
+        scratch &= 0xFFFFFF  # top 24 bits: exact in float32
+        u = scratch.to(torch.float32).add_(0.5).mul_(2.0**-24).view(-1, 2, n)
+        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
+        angle = u[:, 1].mul_(2 * math.pi)
+        out = planes[lo : lo + step]
+        torch.cos(angle, out=out[:, 0])
+        torch.sin(angle, out=out[:, 1])
+        out *= radius[:, None]
+    return planes.view(-1, 2, h, w).permute(0, 2, 3, 1)

@@ -2,7 +2,9 @@
 
 An artifact function maps complex images `(B, H, W)` to corrupted complex
 images `(B, H, W)` on the same device, given one ladder entry (its physical
-parameters) and the per-sample seeds (CPU int64 `(B,)`). The ladder is written
+parameters) and the per-sample seeds (CPU int64 `(B,)`); one registered with
+`reference=True` also takes `reference=` (a `(B,)` signal level per sample, or
+None for each slice's own). The ladder is written
 as data on the line that registers the function (ImageNet-C style).
 """
 
@@ -26,20 +28,23 @@ class Artifact:
     domain: str  # "k-space" or "image"
     description: str
     unit: str
+    reference: bool = False  # takes the per-sample signal level `reference=` (noise)
+    output: str = "magnitude"  # what `corrupt` returns: "magnitude" |y|, or "real" Re(y) (torchio's semantics)
 
 
 ARTIFACTS: dict[str, Artifact] = {}
 STUDY: dict[str, Artifact] = {}
 
 
-def register(registry: dict, name: str, ladder: tuple, domain: str, unit: str):
+def register(registry: dict, name: str, ladder: tuple, domain: str, unit: str, reference: bool = False,
+             output: str = "magnitude"):
     """Decorator: add the function to `registry` under `name` with its ladder; first docstring line is the description."""
     if len(ladder) != SEVERITIES:
         raise ValueError(f"artifact {name!r}: a ladder has {SEVERITIES} steps, got {len(ladder)}")
 
     def add(fn):
         description = (fn.__doc__ or "").strip().splitlines()[0]
-        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit)
+        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit, reference, output)
         return fn
 
     return add
