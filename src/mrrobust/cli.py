@@ -157,8 +157,9 @@ def prepare(
 def artifacts(
     size: int = typer.Option(96, "--size", help="Slice size in pixels for the measured NRMSE/SSIM (64..128 is fast)."),
     suite: str = typer.Option("mrrobust", "--suite", help="Artifact suite: mrrobust (ours) or study (the released protocol)."),
+    source: str = typer.Option("synth", "--source", help="Slices to measure on: synth (synthetic validation knees) or real (the public MR test images of pydicom, pydicom-data and nibabel; needs the test extra)."),
 ):
-    """List the artifacts, their five-step ladders and the median NRMSE/SSIM per severity on synthetic validation slices."""
+    """List the artifacts, their five-step ladders and the measured NRMSE/SSIM per severity (synthetic or real MR slices)."""
     from rich.table import Table
 
     from mrrobust.artifacts.quality import ladder_table
@@ -167,17 +168,21 @@ def artifacts(
         raise MrRobustError(f"--size {size} is outside 16..1024")
     if suite not in ("mrrobust", "study"):
         raise MrRobustError(f"unknown suite {suite!r}; choose mrrobust or study")
-    table = Table(title=f"artifacts (suite {suite}; median over synth validation slices at {size} px; severity 1..5)")
+    if source not in ("synth", "real"):
+        raise MrRobustError(f"--source {source!r}: choose synth or real")
+    what = "synthetic validation slices" if source == "synth" else "real MR test slices"
+    table = Table(title=f"artifacts (suite {suite}; median and mean over {what} at {size} px; severity 1..5)")
     if suite == "study":
         from mrrobust.artifacts.study import TABLE_NOTE
 
         table.caption = TABLE_NOTE
-    for column in ("artifact", "domain", "ladder (unit)", "NRMSE 1..5", "SSIM 1..5", "monotone"):
+    for column in ("artifact", "domain", "ladder (unit)", "NRMSE median 1..5", "SSIM median 1..5", "SSIM mean 1..5",
+                   "monotone pairs"):
         table.add_column(column)
-    for row in ladder_table(size=size, suite=suite):
+    for row in ladder_table(size=size, suite=suite, source=source):
         table.add_row(row["name"], row["domain"], " / ".join(str(step) for step in row["ladder"]) + f"\n({row['unit']})",
                       " ".join(f"{v:.3f}" for v in row["nrmse"]), " ".join(f"{v:.3f}" for v in row["ssim"]),
-                      "yes" if row["monotone"] else "no")
+                      " ".join(f"{v:.3f}" for v in row["ssim_mean"]), f"{row['pairs_monotone']:.1%}")
     Console(width=None if sys.stdout.isatty() else 150).print(table)
 
 
