@@ -92,3 +92,42 @@ def test_dry_run_on_a_new_folder_writes_nothing(tiny_store, tmp_path, monkeypatc
     # batch norm: eval and adapt, layer norm: eval only; each (1 clean + 2 artifacts x 2 severities)
     assert "results: 15 cells over 36 slices, 0 finished before, 15 to evaluate (new)" in printed
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_benchmark_through_the_local_executor_with_shards(tiny_store, tmp_path, monkeypatch):
+    """--executor local: the training job, two evaluation shards (one job array) and the report
+    as real submitit jobs; the merged shards give the same tables as the benchmark in-process."""
+    import os
+    from pathlib import Path
+
+    import mrrobust
+    from mrrobust.executor import ClusterOptions
+
+    source = str(Path(mrrobust.__file__).resolve().parents[1])  # the jobs import this checkout
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    evaluate = dict(EVALUATE, bootstrap=20, bn_modes=["eval"])
+    out = tmp_path / "cluster"
+    result = benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate,
+                       progress=False, cluster=ClusterOptions("local", folder=tmp_path / "jobs", time=20), shards=2)
+    assert (out / "runs" / "layer-seed0" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["1-of-2", "2-of-2"]
+    assert Path(result["report"]["report"]).is_file() and (out / "report" / "results" / "arms.csv").is_file()
+    local = tmp_path / "local"
+    benchmark(tiny_store, local, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate, progress=False)
+    assert ((local / "runs" / "layer-seed0" / "model.safetensors").read_bytes()
+            == (out / "runs" / "layer-seed0" / "model.safetensors").read_bytes())
+    for table in ("results.csv", "arms.csv", "arm_comparisons.csv"):
+        assert (local / "results" / table).read_bytes() == (out / "report" / "results" / table).read_bytes(), table
+
+
+def test_shards_and_executor_refused_before_any_work(tiny_store, tmp_path):
+    from mrrobust.executor import ClusterOptions
+
+    out = tmp_path / "b"
+    with pytest.raises(MrRobustError, match=r"--shards 0 must be a whole number >= 1"):
+        benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=EVALUATE, shards=0)
+    with pytest.raises(MrRobustError, match=r"--executor 'pbs': choose one of local, slurm"):
+        benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=dict(EVALUATE, bootstrap=20),
+                  cluster=ClusterOptions("pbs", folder=tmp_path / "jobs"))
+    assert not out.exists() and not (tmp_path / "jobs").exists()

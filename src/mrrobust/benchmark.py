@@ -261,7 +261,8 @@ def plan(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dic
     elif (out / "results").exists() and any((out / "results").iterdir()):
         results["state"], results["changes"] = "differs", [f"{out / 'results'} holds no evaluation.json"]
     report = out / "report"
-    orphan = results["state"] == "new" and report.is_dir() and any(report.iterdir())
+    merged = (report / "results" / "evaluation.json").is_file()  # the report of sharded evaluations (--shards)
+    orphan = results["state"] == "new" and report.is_dir() and any(report.iterdir()) and not merged
     return {"out": str(out), "runs": runs, "results": results, "report": str(report), "evaluation": expected,
             "report_changes": [f"{report} holds a report whose results/ are gone"] if orphan else []}
 

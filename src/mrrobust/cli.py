@@ -393,6 +393,15 @@ def benchmark(
     reference_arm: Optional[str] = typer.Option(None, "--reference-arm", help="The arm every other arm is compared with and CE is relative to (default: the batch-norm arm)."),
     retrain: bool = typer.Option(False, "--retrain", help="Retrain the runs in --out made with other settings, and redo results/ and report/ made from other runs or settings (deletes that finished work)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (runs to train, cells to evaluate, what is finished) and a time estimate from throughput measured now; write nothing."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Run the steps as scheduler jobs through submitit: local (subprocesses of this machine) or slurm (sbatch from a login node). Default: in this process."),
+    shards: int = typer.Option(1, "--shards", help="With --executor: evaluation shards, one job each, submitted as one job array."),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM partition."),
+    slurm_account: Optional[str] = typer.Option(None, "--slurm-account", help="SLURM account."),
+    gpus_per_node: int = typer.Option(0, "--gpus-per-node", help="GPUs per job (training: one task per GPU, DDP)."),
+    time_limit: int = typer.Option(60, "--time", help="Time limit per job, minutes."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="CPUs per task."),
+    mem_gb: Optional[float] = typer.Option(None, "--mem-gb", help="Memory per job, GB."),
+    array_parallelism: Optional[int] = typer.Option(None, "--array-parallelism", help="At most this many jobs of one array at once."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """train every norm x seed -> evaluate the artifact grid -> report, in one command (resumes).
@@ -410,10 +419,18 @@ def benchmark(
                             bn_prior=bn_prior, threshold_from=threshold_from, reference_arm=reference_arm)
     from mrrobust.benchmark import plan_lines
 
+    cluster = None
+    if executor is not None:
+        from mrrobust.executor import JOBS_FOLDER, ClusterOptions
+
+        cluster = ClusterOptions(executor, folder=out / JOBS_FOLDER, partition=slurm_partition, account=slurm_account,
+                                 gpus_per_node=gpus_per_node, time=time_limit, cpus_per_task=cpus_per_task,
+                                 mem_gb=mem_gb, array_parallelism=array_parallelism)
+
     with contextlib.nullcontext() if dry_run else _lock(out, "benchmark"):
         result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
                                evaluate_options=evaluate_options, reference_norm=reference_arm, progress=not quiet,
-                               retrain=retrain, dry_run=dry_run)
+                               retrain=retrain, dry_run=dry_run, cluster=cluster, shards=shards)
     if dry_run:
         print("\n".join(plan_lines(result["plan"])))
         return
