@@ -215,6 +215,12 @@ def test_report_refuses_bad_shard_sets_in_one_line_and_writes_nothing(sharded, w
                             timeout=300)
     assert result.returncode == 2 and "shard 2/3 missing" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not target.exists()
+    _, runs = whole
+    result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "evaluate", *map(str, runs),
+                             "--data", "nowhere", "--out", str(target), "--shard", "0/3"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--shard '0/3'" in result.stderr or "--shard 0/3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not target.exists()
     from mrrobust.report import report
 
     with pytest.raises(MrRobustError, match="overlapping shards"):
