@@ -27,8 +27,9 @@ SHARD_KEY = "shard"
 OPERATING_POINTS = "operating_points"  # written by evaluate once a shard has finished
 SETTINGS_FILE = "evaluation.json"
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
-# evaluation.json entries that may differ between the shards of one evaluation
-MAY_DIFFER = (SHARD_KEY, "batch_size", "device")
+# evaluation.json entries that may differ between the shards of one evaluation, beside those
+# a resume does not compare (`evaluation._compared`: device; batch size unless prior or tent)
+MAY_DIFFER = (SHARD_KEY,)
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,15 @@ def _settings(folder: Path) -> dict:
 
 
 def _comparable(settings: dict) -> dict:
-    """What must agree between shards: everything but MAY_DIFFER and the paths as given."""
-    from mrrobust import evaluation
+    """What must agree between shards: what a resume compares, but the shard."""
+    from mrrobust.evaluation import _compared
 
-    skip = set(MAY_DIFFER) | set(evaluation.UNCOMPARED) | set(evaluation.SUMMARY_KEYS)
-    same = {k: v for k, v in settings.items() if k not in skip}
-    same["runs"] = [{k: v for k, v in run.items() if k != "given"}
-                    for run in settings.get("runs", [])]
-    return same
+    try:
+        same = _compared(settings)
+    except (KeyError, TypeError, AttributeError):
+        raise MrRobustError("a shard's evaluation.json is damaged (no runs); re-run that shard "
+                            "into a new folder") from None
+    return {k: v for k, v in same.items() if k not in MAY_DIFFER}
 
 
 def _shard_of(folder: Path, settings: dict) -> Shard:
