@@ -154,6 +154,25 @@ def test_evaluating_the_export_gives_the_runs_predictions_and_aucs(run, exported
         assert by[(exported.name, label)]["rule"] == by[(run.name, label)]["rule"]
 
 
+def test_model_folders_evaluate_refuses_in_one_line(run, exported, tiny_store, tmp_path):
+    import shutil
+
+    from mrrobust.evaluation import evaluate
+
+    settings = dict(artifacts=["noise"], severities=[1], split="val", bn_modes=["eval"],
+                    bootstrap=20, device="cpu", progress=False)
+    clash = tmp_path / "copies" / "batch"  # its arm would be named like the RUN's arm
+    shutil.copytree(exported, clash)
+    with pytest.raises(MrRobustError, match="arm named 'batch'.*--arm"):
+        evaluate([run, clash], tiny_store, tmp_path / "a", **settings)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / RECORD_FILE).write_bytes((exported / RECORD_FILE).read_bytes())
+    with pytest.raises(MrRobustError, match=f"lacks {PROGRAM_FILE}"):
+        evaluate([empty], tiny_store, tmp_path / "b", **settings)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_a_model_with_a_label_subset_is_n_a_in_the_others(run, tiny_store, tmp_path):
     """A foreign MODEL predicting acl and abnormal: NaN in the other columns of its prediction
     files, empty cells (never 0) in results.csv and arms.csv, AUCs of scikit-learn on the
