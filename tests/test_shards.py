@@ -239,3 +239,22 @@ def test_bad_shard_specs_and_resuming_another_shard_are_refused(whole, sharded, 
     assert not (tmp_path / "bad").exists()
     with pytest.raises(MrRobustError, match="other settings .*shard"):
         evaluate(runs, tiny_store, sharded[0], shard="2/3", **SETTINGS)
+
+
+def test_shards_with_thresholds_from_the_corrupted_validation_split(whole, tiny_store, tmp_path):
+    """corrupted-val: the shards' validation predictions are merged too, and the thresholds
+    re-chosen per cell from them are those of the unsharded evaluation."""
+    from mrrobust.evaluation import THRESHOLD_PREDICTIONS, write_tables
+
+    _, runs = whole
+    settings = {**SETTINGS, "artifacts": ["noise"], "severities": [2], "bn_modes": ["eval"],
+                "threshold_from": "corrupted-val"}
+    evaluate(runs[1:], tiny_store, tmp_path / "all", **settings)
+    parts = [tmp_path / f"p{i}" for i in (1, 2)]
+    for index, folder in enumerate(parts, start=1):
+        evaluate(runs[1:], tiny_store, folder, shard=f"{index}/2", **settings)
+    assert all(any((folder / THRESHOLD_PREDICTIONS).rglob("*.npy")) for folder in parts)
+    merged = merge_shards(parts, tmp_path / "merged")
+    write_tables(merged)
+    for table in TABLES:
+        assert (merged / table).read_bytes() == (tmp_path / "all" / table).read_bytes(), table

@@ -7,6 +7,10 @@ of `mrrobust.adaptation`: "adapt" (AdaBN on that cell's corrupted split), "prior
 a prior, Schneider et al. 2020) and "tent" (Wang et al. 2021, episodic per cell). The RUNs are
 grouped into arms (`mrrobust.arms`), and `mrrobust.arm_statistics` turns the predictions into
 per-run, per-arm and arm-vs-arm tables with a two-level bootstrap (docs/API.md, RESULTS).
+MODEL folders (`models.exported`, any `torch.export` classifier) are evaluated beside RUNs:
+each is an arm of its own, in bn_mode eval only, NaN (n/a) in the labels it lacks. With
+`shard="I/N"` only shard I of N of the (run, artifact, severity) cells is predicted
+(`mrrobust.shards`) and no table is written; `write_tables` tabulates the merged shards.
 
 RESULTS folder:
   evaluation.json      the settings (written first; another evaluate with other settings
@@ -32,8 +36,9 @@ RESULTS folder:
   bn_shift.csv         run, artifact, severity, layer, depth, channels, mean_shift,
                        var_log_ratio (batch-norm runs, eval mode)
 
-The tables are recomputed from the prediction files at the end of every evaluate, so a resumed
-evaluation writes the same tables as an uninterrupted one. An undefined number is an empty cell.
+The tables are recomputed from the prediction files at the end of every evaluate (not of a
+shard), so a resumed evaluation, and merged shards, write the same tables as an uninterrupted
+one. An undefined number is an empty cell.
 
 Inputs are built as in training: the complex image divided by the STORE scale, corrupted
 on the device (`artifacts.corrupt`, the slice's seed `slice_seed(slice_id, seed)`, so every
