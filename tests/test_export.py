@@ -170,7 +170,12 @@ def test_model_folders_evaluate_refuses_in_one_line(run, exported, tiny_store, t
     (empty / RECORD_FILE).write_bytes((exported / RECORD_FILE).read_bytes())
     with pytest.raises(MrRobustError, match=f"lacks {PROGRAM_FILE}"):
         evaluate([empty], tiny_store, tmp_path / "b", **settings)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    small = save_program(Foreign(), tmp_path / "small", {  # a program fixed at 32x32
+        "format": "mrrobust-model", "labels": ["acl", "mtear"], "output": "probabilities",
+        "input_scale": "store"}, size=32)
+    with pytest.raises(MrRobustError, match="takes 32x32 images, the STORE has 64x64"):
+        evaluate([small], tiny_store, tmp_path / "c", **settings)
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_a_model_with_a_label_subset_is_n_a_in_the_others(run, tiny_store, tmp_path):

@@ -495,16 +495,22 @@ def _warn_other_store(runs: list[Run], store: Path, manifest: dict) -> None:
                         f"use this STORE's scale")
 
 
-def _load_models(runs: list[Run], where: Device, modes: list[str], store_scale: float) -> None:
+def _load_models(runs: list[Run], where: Device, modes: list[str], store_scale: float,
+                 size: int) -> None:
     """Load each RUN's network once onto the device and choose its bn_modes (eval only
     without batch norm). A MODEL's program: contiguous, eval only (a program cannot adapt
-    its normalisation: its other bn_modes are n/a), inputs for a STORE of `store_scale`."""
+    its normalisation: its other bn_modes are n/a), inputs for a STORE of `store_scale`
+    and `size` x `size` images (a program of another fixed size is refused here)."""
     from mrrobust.analysis import has_batch_norm
     from mrrobust.models import exported, load
 
     for run in runs:
         if run.kind == "model":
             run.model, _ = exported.load_model(run.path, where.device, store_scale)
+            if run.model.input_size not in (None, (size, size)):
+                height, width = run.model.input_size
+                raise MrRobustError(f"MODEL {run.given} takes {height}x{width} images, the STORE "
+                                    f"has {size}x{size}; evaluate it on a STORE of its size")
             run.memory_format, run.batch_norm, run.modes = torch.contiguous_format, False, ("eval",)
             continue
         model, config = load(run.path, map_location=where.device)
@@ -806,7 +812,7 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
     dataset = _split_dataset(store, split)
     threshold_set = _split_dataset(store, THRESHOLD_SPLIT) if threshold_from == "corrupted-val" else None
     _warn_other_store(runs, store, dataset.manifest)
-    _load_models(runs, where, modes, dataset.scale)
+    _load_models(runs, where, modes, dataset.scale, int(dataset.manifest["crop"]))
     from mrrobust.adaptation import TENT_LR, TENT_STEPS
 
     settings = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
