@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,10 +168,18 @@ def sharded(whole, tiny_store, tmp_path_factory) -> list[Path]:
     _, runs = whole
     root = tmp_path_factory.mktemp("shards")
     folders = []
-    for index in (1, 2, 3):
+    for index in (1, 2):
         folders.append(root / f"part{index}")
         summary = evaluate(runs, tiny_store, folders[-1], shard=f"{index}/3", **SETTINGS)
         assert summary["computed"] > 0
+    folders.append(root / "part3")  # the last through the command line
+    result = subprocess.run(
+        [sys.executable, "-m", "mrrobust.cli", "evaluate", *map(str, runs), "--data", str(tiny_store),
+         "--out", str(folders[-1]), "--shard", "3/3", "--artifacts", "noise,gibbs", "--severities", "1,3",
+         "--split", "val", "--bn-modes", "eval,adapt", "--batch-size", "32", "--bootstrap", "20",
+         "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "shard 3/3" in result.stdout and "mrrobust report SHARD" in result.stdout
     return folders
 
 
@@ -206,9 +216,6 @@ def test_report_merges_the_shards_into_the_whole_evaluations_tables(whole, shard
 
 
 def test_report_refuses_bad_shard_sets_in_one_line_and_writes_nothing(sharded, whole, tmp_path):
-    import subprocess
-    import sys
-
     target = tmp_path / "report"
     result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "report", str(sharded[0]),
                              str(sharded[2]), "--out", str(target)], capture_output=True, text=True,
