@@ -730,13 +730,12 @@ def _write_tables(out: Path, runs: list[Run], arms: list, reference: str | None,
                          if all(m in by_name[r].modes for r in arm.runs)]) for arm in arms]
     artifacts = list(dict.fromkeys(a for a, s in grid if a != CLEAN))
     severities = list(dict.fromkeys(s for a, s in grid if a != CLEAN))
+    present = {run.name: run.present for run in runs}
     statistics = ArmStatistics(
         targets, np.array(volumes), arm_runs,
         {run.name: (run.norm, run.seed) for run in runs}, reference=reference,
         replicates=bootstrap or SEED_ONLY_REPLICATES, resample_volumes=bootstrap > 0, seed=seed,
-        level=level, run_modes={run.name: list(run.modes) for run in runs},
-        present={run.name: run.present for run in runs})
-    present = {run.name: run.present for run in runs}
+        level=level, run_modes={run.name: list(run.modes) for run in runs}, present=present)
     statistics.compute(artifacts, severities, _load_scores(out, present),
                        lambda run, mode, artifact, severity: thresholds[(run, mode, artifact, severity)])
     order = {(run.name, mode): i for i, (run, mode) in
