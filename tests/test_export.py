@@ -111,28 +111,123 @@ def test_export_gives_the_runs_logits_on_the_same_inputs(run, exported, tiny_sto
     assert entry["labels"] == list(LABELS) and entry["batch_norm"] is False
 
 
-def test_the_export_predicts_evaluates_corrupted_cells_like_the_run(run, exported, tiny_store,
-                                                                      tmp_path):
-    """evaluate's prediction files of the RUN, against the export on evaluate's own inputs."""
-    from torch.utils.data import DataLoader
+def read_table(path: Path) -> list[dict]:
+    import csv
 
-    from mrrobust.data.store import slice_seed
-    from mrrobust.evaluation import evaluate, model_inputs, prediction_path
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_evaluating_the_export_gives_the_runs_predictions_and_aucs(run, exported, tiny_store,
+                                                                    tmp_path):
+    """The RUN and its export in one evaluate: the same prediction files (to 1e-5) and AUCs;
+    the MODEL is an arm of its own, in eval mode only (its adapt rows are n/a)."""
+    from mrrobust.evaluation import evaluate, prediction_path
 
     out = tmp_path / "results"
-    evaluate([run], tiny_store, out, artifacts=["noise", "motion"], severities=[4], split="val",
-             bn_modes=["eval"], batch_size=16, bootstrap=0, device="cpu", progress=False)
-    dataset = SliceDataset(tiny_store, "val", kind="complex")
-    model, _ = load_model(exported, store_scale=dataset.scale)
+    summary = evaluate([run, exported], tiny_store, out, artifacts=["noise", "motion"],
+                       severities=[4], split="val", bn_modes=["eval", "adapt"], batch_size=16,
+                       bootstrap=20, device="cpu", progress=False)
+    assert summary["arms"] == {"batch": [run.name], exported.name: [exported.name]}
     for artifact, severity in (("clean", 0), ("noise", 4), ("motion", 4)):
-        predicted = []
-        for images, _, ids in DataLoader(dataset, batch_size=16, collate_fn=collate_slices):
-            seeds = torch.tensor([slice_seed(i, 0) for i in ids], dtype=torch.int64)
-            with torch.inference_mode():
-                x = model_inputs(images, seeds, artifact, severity, "mrrobust")
-                predicted.append(positive_probability(model(x)))
-        saved = np.load(prediction_path(out, run.name, "eval", artifact, severity))
-        np.testing.assert_allclose(torch.cat(predicted).numpy(), saved, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.load(prediction_path(out, exported.name, "eval", artifact, severity)),
+            np.load(prediction_path(out, run.name, "eval", artifact, severity)), rtol=1e-5, atol=1e-5)
+    assert not (out / "predictions" / exported.name / "adapt").exists()
+    rows = read_table(out / "results.csv")
+    auc = {(r["run"], r["artifact"], r["label"]): float(r["value"]) for r in rows
+           if r["metric"] == "auc" and r["bn_mode"] == "eval" and r["value"]}
+    assert len(auc) == 2 * 3 * 5
+    for (name, artifact, label), value in auc.items():
+        if name == run.name:
+            assert auc[(exported.name, artifact, label)] == pytest.approx(value, abs=1e-4)
+    assert {r["bn_mode"] for r in rows if r["run"] == exported.name} == {"eval"}
+    settings = json.loads((out / "evaluation.json").read_text())
+    entry = next(r for r in settings["runs"] if r["name"] == exported.name)
+    assert entry["kind"] == "model" and entry["weights"] == model_digest(exported)
+    assert entry["bn_modes"] == ["eval"] and entry["labels"] == list(LABELS)
+    thresholds_csv = [r for r in read_table(out / "thresholds.csv") if r["bn_mode"] == "eval"
+                      and r["artifact"] == "clean"]
+    by = {(r["run"], r["label"]): r for r in thresholds_csv}
+    for label in LABELS:  # the export carries the RUN's operating points and rules
+        assert by[(exported.name, label)]["threshold"] == by[(run.name, label)]["threshold"]
+        assert by[(exported.name, label)]["rule"] == by[(run.name, label)]["rule"]
+
+
+def test_model_folders_evaluate_refuses_in_one_line(run, exported, tiny_store, tmp_path):
+    import shutil
+
+    from mrrobust.evaluation import evaluate
+
+    settings = dict(artifacts=["noise"], severities=[1], split="val", bn_modes=["eval"],
+                    bootstrap=20, device="cpu", progress=False)
+    clash = tmp_path / "copies" / "batch"  # its arm would be named like the RUN's arm
+    shutil.copytree(exported, clash)
+    with pytest.raises(MrRobustError, match="arm named 'batch'.*--arm"):
+        evaluate([run, clash], tiny_store, tmp_path / "a", **settings)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / RECORD_FILE).write_bytes((exported / RECORD_FILE).read_bytes())
+    with pytest.raises(MrRobustError, match=f"lacks {PROGRAM_FILE}"):
+        evaluate([empty], tiny_store, tmp_path / "b", **settings)
+    small = save_program(Foreign(), tmp_path / "small", {  # a program fixed at 32x32
+        "format": "mrrobust-model", "labels": ["acl", "mtear"], "output": "probabilities",
+        "input_scale": "store"}, size=32)
+    with pytest.raises(MrRobustError, match="takes 32x32 images, the STORE has 64x64"):
+        evaluate([small], tiny_store, tmp_path / "c", **settings)
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_model_with_a_label_subset_is_n_a_in_the_others(run, tiny_store, tmp_path):
+    """A foreign MODEL predicting acl and abnormal: NaN in the other columns of its prediction
+    files, empty cells (never 0) in results.csv and arms.csv, AUCs of scikit-learn on the
+    labels it has, no thresholds (AUC only); the mean label of every arm averages the labels
+    every model predicts."""
+    from sklearn.metrics import roc_auc_score
+
+    from mrrobust.evaluation import evaluate, prediction_path
+
+    folder = save_program(Foreign(), tmp_path / "foreign", {
+        "format": "mrrobust-model", "labels": ["acl", "abnormal"], "output": "probabilities",
+        "input_scale": "store"})
+    out = tmp_path / "results"
+    evaluate([run, folder], tiny_store, out, artifacts=["noise"], severities=[2], split="val",
+             bn_modes=["eval"], batch_size=16, bootstrap=20, device="cpu", progress=False)
+    targets = SliceDataset(tiny_store, "val").targets
+    absent = [LABELS.index("mtear"), LABELS.index("cartilage")]
+    rows = read_table(out / "results.csv")
+    arm_rows = read_table(out / "arms.csv")
+    for artifact, severity in (("clean", 0), ("noise", 2)):
+        scores = np.load(prediction_path(out, "foreign", "eval", artifact, severity))
+        assert np.isnan(scores[:, absent]).all() and np.isfinite(np.delete(scores, absent, 1)).all()
+        mine = {(r["label"], r["metric"]): r["value"] for r in rows if r["run"] == "foreign"
+                and r["artifact"] == artifact}
+        arm = {(r["label"], r["metric"]): r["value"] for r in arm_rows if r["arm"] == "foreign"
+               and r["artifact"] == artifact and r["severity"] == str(severity)}
+        for label in ("mtear", "cartilage"):
+            assert all(mine[(label, m)] == "" for m in ("auc", "sensitivity", "specificity"))
+            assert arm[(label, "auc")] == "" and arm[(label, "ece")] == ""
+        for label in ("acl", "abnormal"):
+            k = LABELS.index(label)
+            assert float(mine[(label, "auc")]) == pytest.approx(
+                roc_auc_score(targets[:, k], scores[:, k]), abs=1e-9)
+            assert mine[(label, "sensitivity")] == ""  # no operating points: AUC only
+        fixed = [k for k in (LABELS.index("abnormal"), LABELS.index("acl"))
+                 if 0 < targets[:, k].sum() < len(targets)]
+        assert float(mine[("mean", "auc")]) == pytest.approx(
+            np.mean([float(mine[(LABELS[k], "auc")]) for k in fixed]))
+        theirs = {r["label"]: float(r["value"]) for r in rows if r["run"] == run.name
+                  and r["artifact"] == artifact and r["metric"] == "auc" and r["value"]}
+        assert theirs["mean"] == pytest.approx(np.mean([theirs[LABELS[k]] for k in fixed]))
+    settings = json.loads((out / "evaluation.json").read_text())
+    assert settings["statistics"]["mean_label"]["labels"] == [LABELS[k] for k in sorted(fixed)]
+    points = [r for r in read_table(out / "thresholds.csv") if r["run"] == "foreign"]
+    assert points and all(r["threshold"] == "" for r in points)
+    from mrrobust.report import report
+
+    written = report(out, tmp_path / "report")  # the report reads the n/a cells as such
+    text = written["report"].read_text()
+    assert "foreign" in text
 
 
 def test_calibrate_reproduces_the_thresholds_training_chose(run, exported, tiny_store, tmp_path):
@@ -204,32 +299,40 @@ def test_calibrate_a_model_without_all_labels(tmp_path, tiny_store):
     assert np.isnan(thresholds(folder)[LABELS.index("mtear")])
 
 
-def test_absent_labels_are_undefined_in_the_metrics_and_left_out_of_the_mean():
+def test_absent_labels_are_undefined_in_the_statistics_and_left_out_of_every_mean():
+    """`ArmStatistics(present=...)`: a run lacking labels has NaN in them (every metric, every
+    replicate), scikit-learn's AUC in the others; the mean label of EVERY run averages the
+    labels all runs predict, so the arms' means and their difference stay comparable."""
     from sklearn.metrics import roc_auc_score
 
-    from mrrobust.metrics import cell_metrics, cluster_weights, paired_difference
-    from mrrobust.models.exported import mask_absent
+    from mrrobust.arm_statistics import ArmRuns, ArmStatistics
 
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 2, (60, 4))
-    scores = np.clip(targets * 0.3 + rng.random((60, 4)) * 0.7, 0, 1)
+    volumes = np.arange(60) // 3
+    full = np.clip(targets * 0.3 + rng.random((60, 4)) * 0.7, 0, 1)
+    partial = full.copy()
     present = np.array([True, False, True, False])
-    scores[:, ~present] = np.nan
-    weights = cluster_weights(np.arange(60) // 3, 40, 0)
-    masked = mask_absent(targets, scores, np.full(4, 0.5), present)
-    rows = {(r["label"], r["metric"]): r for r in cell_metrics(*masked, weights)}
+    partial[:, ~present] = np.nan
+    scores = {"full": full, "partial": partial}
+    statistics = ArmStatistics(
+        targets, volumes, [ArmRuns("a", ["full"], ["eval"]), ArmRuns("b", ["partial"], ["eval"])],
+        {"full": ("batch", 0), "partial": ("unknown", 0)}, reference="a", replicates=40,
+        resample_volumes=True, seed=0, level=0.95, present={"partial": present})
+    statistics.compute([], [], lambda run, *_: scores[run], lambda *_: np.full(4, 0.5))
+    rows = {(r["run"], r["label"], r["metric"]): r for r in statistics.run_rows}
     for label in ("mtear", "cartilage"):
-        assert all(np.isnan(rows[(label, m)]["value"]) and np.isnan(rows[(label, m)]["ci_low"])
+        assert all(np.isnan(rows[("partial", label, m)]["value"])
+                   and np.isnan(rows[("partial", label, m)]["ci_low"])
                    for m in ("auc", "sensitivity", "specificity", "balanced_accuracy"))
-    expected = [roc_auc_score(targets[:, k], scores[:, k]) for k in (0, 2)]
-    assert rows[("acl", "auc")]["value"] == pytest.approx(expected[1])
-    assert rows[("mean", "auc")]["value"] == pytest.approx(np.mean(expected))
-    assert np.isfinite(rows[("mean", "auc")]["ci_low"])
-    other = np.clip(scores + rng.normal(0, 0.1, scores.shape), 0, 1)
-    both, a, _ = mask_absent(targets, scores, np.full(4, 0.5), present)
-    _, b, _ = mask_absent(targets, other, np.full(4, 0.5), present)
-    differences = {r["label"]: r["difference"] for r in paired_difference(both, a, b, weights)}
-    assert np.isnan(differences["mtear"]) and np.isfinite(differences["mean"])
+    expected = {k: roc_auc_score(targets[:, k], full[:, k]) for k in range(4)}
+    for run in ("full", "partial"):
+        assert rows[(run, "acl", "auc")]["value"] == pytest.approx(expected[2])
+        assert rows[(run, "mean", "auc")]["value"] == pytest.approx((expected[0] + expected[2]) / 2)
+        assert np.isfinite(rows[(run, "mean", "auc")]["ci_low"])
+    assert statistics.statistics["mean_label"]["labels"] == ["abnormal", "acl"]
+    differences = {(r["label"], r["metric"]): r["difference"] for r in statistics.comparison_rows}
+    assert np.isnan(differences[("mtear", "auc")]) and differences[("mean", "auc")] == pytest.approx(0)
 
 
 @pytest.mark.parametrize("record, message", [

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from mrrobust.evaluation import (
     PREDICTIONS, SETTINGS_FILE, SLICES_FILE, evaluate, grid_cells, prediction_path)
 from mrrobust.shards import Shard, all_cells, check_shards, merge_shards, parse_shard, shard_cells
 
+TABLES = ("results.csv", "arms.csv", "arm_comparisons.csv", "thresholds.csv", "bn_shift.csv")
 SETTINGS = dict(artifacts=["noise", "gibbs"], severities=[1, 3], split="val", bn_modes=["eval", "adapt"],
                 batch_size=32, bootstrap=20, device="cpu", progress=False)
 
@@ -111,7 +114,7 @@ def test_merged_shards_are_the_whole_evaluation(whole, tiny_store, tmp_path):
         json.loads((out / SETTINGS_FILE).read_text())["runs"]
     summary = evaluate(runs, tiny_store, merged, **SETTINGS)
     assert summary["computed"] == 0 and summary["reused"] == summary["cells"]
-    for table in ("results.csv", "comparisons.csv", "bn_shift.csv"):
+    for table in TABLES:
         assert (merged / table).read_bytes() == (out / table).read_bytes(), table
     assert merge_shards(shards, merged) == merged  # merging again into it is allowed
 
@@ -153,3 +156,112 @@ def test_merge_refusals_name_the_problem(whole, tmp_path):
 def test_the_prediction_paths_the_merge_reads_are_evaluations():
     assert prediction_path(Path("R"), "run", "eval", "noise", 3) == \
         Path("R") / PREDICTIONS / "run" / "eval" / "noise-3.npy"
+
+
+# ---- real shards: evaluate --shard, merged by report ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(whole, tiny_store, tmp_path_factory) -> list[Path]:
+    """The evaluation of `whole` run as 3 shards, each into its own folder (the same batch
+    size: float sums over other batches differ in the last bits)."""
+    _, runs = whole
+    root = tmp_path_factory.mktemp("shards")
+    folders = []
+    for index in (1, 2):
+        folders.append(root / f"part{index}")
+        summary = evaluate(runs, tiny_store, folders[-1], shard=f"{index}/3", **SETTINGS)
+        assert summary["computed"] > 0
+    folders.append(root / "part3")  # the last through the command line
+    result = subprocess.run(
+        [sys.executable, "-m", "mrrobust.cli", "evaluate", *map(str, runs), "--data", str(tiny_store),
+         "--out", str(folders[-1]), "--shard", "3/3", "--artifacts", "noise,gibbs", "--severities", "1,3",
+         "--split", "val", "--bn-modes", "eval,adapt", "--batch-size", "32", "--bootstrap", "20",
+         "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "shard 3/3" in result.stdout and "mrrobust report SHARD" in result.stdout
+    return folders
+
+
+def test_a_shard_predicts_only_its_cells_and_writes_no_tables(whole, sharded):
+    out, _ = whole
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    names = [run["name"] for run in settings["runs"]]
+    grid = grid_cells(settings["artifacts"], settings["severities"])
+    for index, folder in enumerate(sharded, start=1):
+        record = json.loads((folder / SETTINGS_FILE).read_text())
+        assert record["shard"] == {"index": index, "count": 3}
+        assert "statistics" not in record and record["operating_points"] == settings["operating_points"]
+        assert not any((folder / table).exists() for table in TABLES)
+        mine = shard_cells(names, grid, Shard(index, 3))
+        stems = {(p.parent.parent.name, p.stem) for p in (folder / PREDICTIONS).rglob("*.npy")}
+        assert stems == {(run, f"{a}-{s}") for run, a, s in mine}
+    assert "shard" not in settings  # an unsharded evaluation records none
+
+
+def test_report_merges_the_shards_into_the_whole_evaluations_tables(whole, sharded, tmp_path):
+    from mrrobust.report import report
+
+    out, _ = whole
+    written = report(list(reversed(sharded)), tmp_path / "report")
+    merged = tmp_path / "report" / "results"
+    assert written["report"].is_file() and files(merged) == files(out)
+    for table in TABLES:
+        assert (merged / table).read_bytes() == (out / table).read_bytes(), table
+    mine, theirs = (json.loads((f / SETTINGS_FILE).read_text()) for f in (merged, out))
+    assert mine["statistics"] == theirs["statistics"] and mine["thresholds"] == theirs["thresholds"]
+    assert "shard" not in mine
+    report(sharded, tmp_path / "report")  # again into the same REPORT: allowed
+    assert (merged / "arms.csv").read_bytes() == (out / "arms.csv").read_bytes()
+
+
+def test_report_refuses_bad_shard_sets_in_one_line_and_writes_nothing(sharded, whole, tmp_path):
+    target = tmp_path / "report"
+    result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "report", str(sharded[0]),
+                             str(sharded[2]), "--out", str(target)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "shard 2/3 missing" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not target.exists()
+    _, runs = whole
+    result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "evaluate", *map(str, runs),
+                             "--data", "nowhere", "--out", str(target), "--shard", "0/3"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--shard '0/3'" in result.stderr or "--shard 0/3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not target.exists()
+    from mrrobust.report import report
+
+    with pytest.raises(MrRobustError, match="overlapping shards"):
+        report([sharded[0], sharded[0], sharded[1], sharded[2]], target)
+    with pytest.raises(MrRobustError, match="whole evaluation"):
+        report([whole[0], sharded[0]], target)
+    assert not target.exists()
+
+
+def test_bad_shard_specs_and_resuming_another_shard_are_refused(whole, sharded, tiny_store, tmp_path):
+    _, runs = whole
+    with pytest.raises(MrRobustError, match="--shard '2/x'"):
+        evaluate(runs, tiny_store, tmp_path / "bad", shard="2/x", **SETTINGS)
+    with pytest.raises(MrRobustError, match="at most 10 shards"):
+        evaluate(runs, tiny_store, tmp_path / "bad", shard="11/11", **SETTINGS)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(MrRobustError, match="other settings .*shard"):
+        evaluate(runs, tiny_store, sharded[0], shard="2/3", **SETTINGS)
+
+
+def test_shards_with_thresholds_from_the_corrupted_validation_split(whole, tiny_store, tmp_path):
+    """corrupted-val: the shards' validation predictions are merged too, and the thresholds
+    re-chosen per cell from them are those of the unsharded evaluation."""
+    from mrrobust.evaluation import THRESHOLD_PREDICTIONS, write_tables
+
+    _, runs = whole
+    settings = {**SETTINGS, "artifacts": ["noise"], "severities": [2], "bn_modes": ["eval"],
+                "threshold_from": "corrupted-val"}
+    evaluate(runs[1:], tiny_store, tmp_path / "all", **settings)
+    parts = [tmp_path / f"p{i}" for i in (1, 2)]
+    for index, folder in enumerate(parts, start=1):
+        evaluate(runs[1:], tiny_store, folder, shard=f"{index}/2", **settings)
+    assert all(any((folder / THRESHOLD_PREDICTIONS).rglob("*.npy")) for folder in parts)
+    merged = merge_shards(parts, tmp_path / "merged")
+    write_tables(merged)
+    for table in TABLES:
+        assert (merged / table).read_bytes() == (tmp_path / "all" / table).read_bytes(), table

@@ -18,8 +18,11 @@ NaN, never a huge number, unless its denominator's interval lies wholly above it
 above 0.5, the reference's drop above 0, the loss above 0).
 
 Labels: the four of LABELS and `mean`, the mean over the FIXED label set (the labels with a
-positive and a negative slice in the evaluated split); a replicate where one of them is
-undefined has a NaN mean and is dropped (counted in `statistics["mean_label"]`).
+positive and a negative slice in the evaluated split that every evaluated model predicts: a
+MODEL lacking a label, `present`, leaves it out of every arm's mean, so all arms average the
+same labels and their means stay comparable); a replicate where one of them is undefined has
+a NaN mean and is dropped (counted in `statistics["mean_label"]`). A label a run lacks is NaN
+(n/a) in every one of its metrics.
 
 Families for Holm and Benjamini-Hochberg (docs/API.md, RESULTS): `cell` rows (a named artifact
 and an integer severity >= 1) per (arm_a, arm_b, bn_mode_a, bn_mode_b, label, metric) over the
@@ -140,12 +143,17 @@ class ArmStatistics:
 
     def __init__(self, targets, volumes, arms: list[ArmRuns], run_info: dict[str, tuple[str, int]],
                  *, reference: str | None, replicates: int, resample_volumes: bool, seed: int,
-                 level: float, run_modes: dict[str, list[str]] | None = None):
+                 level: float, run_modes: dict[str, list[str]] | None = None,
+                 present: dict[str, np.ndarray] | None = None):
         self.targets = np.asarray(targets).astype(bool)
         self.arms, self.run_info, self.reference, self.level = arms, run_info, reference, level
         self.resample_volumes = resample_volumes
+        # `present` {run: (4,) bool}: the labels a run predicts (default: all four)
+        self.present = {run: np.ones(len(LABELS), bool) if (present or {}).get(run) is None
+                        else np.asarray(present[run], bool) for run in run_info}
         self.labels = [k for k in range(len(LABELS))
-                       if self.targets[:, k].any() and not self.targets[:, k].all()]
+                       if self.targets[:, k].any() and not self.targets[:, k].all()
+                       and all(mask[k] for mask in self.present.values())]
         if resample_volumes:
             counts, self.volume = volume_counts(np.asarray(volumes), replicates, seed)
         else:
@@ -180,10 +188,17 @@ class ArmStatistics:
         mean = values[:, self.labels].mean(axis=1) if self.labels else np.full(values.shape[0], math.nan)
         return np.concatenate([values, mean[:, None]], axis=1)
 
-    def _run_cell(self, scores: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_cell(self, run: str, scores: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+        """{metric: (R, 5)} of one run in one cell; NaN in the labels the run lacks."""
+        absent = ~self.present[run]
+        if absent.any():  # finite stand-ins for the computation, then undefined
+            scores = np.where(absent[None, :], 0.0, scores)
+            thresholds = np.where(absent, math.nan, thresholds)
         statistics = CellStatistics.of(self.targets, scores, thresholds, self.volume, self.count)
-        return {metric: self._with_mean(values)
-                for metric, values in statistics.replicates(self.counts).items()}
+        replicates = statistics.replicates(self.counts)
+        for values in replicates.values():
+            values[:, absent] = math.nan
+        return {metric: self._with_mean(values) for metric, values in replicates.items()}
 
     def _cell(self, artifact: str, severity: int, scores: Callable, thresholds: Callable) -> dict:
         """{arm: {mode: {metric: (R, 5)}}} for one cell; run rows written on the way."""
@@ -193,7 +208,7 @@ class ArmStatistics:
             for mode in arm.modes:
                 per_run = []
                 for run in arm.runs:
-                    run_values = self._run_cell(scores(run, mode, artifact, severity),
+                    run_values = self._run_cell(run, scores(run, mode, artifact, severity),
                                                 thresholds(run, mode, artifact, severity))
                     self._write_run_rows(run, mode, artifact, severity, run_values)
                     per_run.append(run_values)
@@ -206,7 +221,7 @@ class ArmStatistics:
             for run in arm.runs:
                 for mode in self.extra_modes[run]:
                     self._write_run_rows(run, mode, artifact, severity, self._run_cell(
-                        scores(run, mode, artifact, severity), thresholds(run, mode, artifact, severity)))
+                        run, scores(run, mode, artifact, severity), thresholds(run, mode, artifact, severity)))
         return values
 
     def _write_run_rows(self, run, mode, artifact, severity, run_values) -> None:

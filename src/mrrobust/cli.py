@@ -301,7 +301,7 @@ def _integers(text: str, flag: str) -> list[int]:
 
 @command
 def evaluate(
-    runs: Optional[List[Path]] = typer.Argument(None, help="RUN folders written by `mrrobust train` (unique folder names); optional with --arm."),
+    runs: Optional[List[Path]] = typer.Argument(None, help="RUN folders written by `mrrobust train`, or MODEL folders (model.pt2 + mrrobust-model.json, e.g. `mrrobust export`); unique folder names; optional with --arm."),
     data: Path = typer.Option(..., "--data", help="The STORE the runs were trained on."),
     out: Path = typer.Option(..., "--out", help="RESULTS folder to write (or to finish, after an interrupted run)."),
     arm: Optional[List[str]] = typer.Option(None, "--arm", help="NAME=RUN,RUN,... an arm of runs that differ only in their seed (repeatable). Default: runs grouped by their training configuration minus the seed."),
@@ -318,6 +318,7 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the corruptions (per slice) and of the bootstrap."),
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
     level: float = typer.Option(0.95, help="Confidence level of the intervals."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: predict only shard I of N of the (run, artifact, severity) cells, into its own --out; no tables (merge the N folders with `mrrobust report SHARD...`)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Every run on every artifact x severity of a STORE split: predictions, per-run and per-arm metrics with CIs, arm comparisons with Holm / BH adjusted p-values."""
@@ -337,7 +338,11 @@ def evaluate(
                           artifacts=_names(artifacts), severities=_integers(severities, "--severities"), split=split,
                           bn_modes=_names(bn_modes), bn_prior=bn_prior, threshold_from=threshold_from,
                           batch_size=batch_size, device=device, seed=seed, bootstrap=bootstrap, level=level,
-                          progress=not quiet)
+                          shard=shard, progress=not quiet)
+    if shard is not None:
+        print(f"{result['out']}: shard {shard.strip()}: {result['cells']} prediction files ({result['computed']} "
+              f"computed now, {result['reused']} finished before); merge every shard with `mrrobust report SHARD... --out REPORT`")
+        return
     arms_text = "; ".join(f"{name}: {len(members)} run{'s' if len(members) > 1 else ''}"
                           for name, members in result["arms"].items())
     print(f"{result['out']}: {result['cells']} cells ({result['computed']} computed now, {result['reused']} "
@@ -346,8 +351,8 @@ def evaluate(
 
 @command
 def report(
-    results: Path = typer.Argument(..., help="RESULTS folder written by `mrrobust evaluate`."),
-    out: Path = typer.Option(..., "--out", help="REPORT folder to write (report.md, report.html, figures/)."),
+    results: List[Path] = typer.Argument(..., help="RESULTS folder written by `mrrobust evaluate`, or every shard folder of one `evaluate --shard I/N` (merged into OUT/results)."),
+    out: Path = typer.Option(..., "--out", help="REPORT folder to write (report.md, report.html, figures/; results/ for merged shards)."),
     reference_norm: Optional[str] = typer.Option(
         None, help="Reference arm (an arm name, or a norm: its first arm); default: evaluate's reference arm."),
     formats: str = typer.Option("png", help="Figure formats, comma-separated (png, pdf, svg)."),

@@ -7,6 +7,10 @@ of `mrrobust.adaptation`: "adapt" (AdaBN on that cell's corrupted split), "prior
 a prior, Schneider et al. 2020) and "tent" (Wang et al. 2021, episodic per cell). The RUNs are
 grouped into arms (`mrrobust.arms`), and `mrrobust.arm_statistics` turns the predictions into
 per-run, per-arm and arm-vs-arm tables with a two-level bootstrap (docs/API.md, RESULTS).
+MODEL folders (`models.exported`, any `torch.export` classifier) are evaluated beside RUNs:
+each is an arm of its own, in bn_mode eval only, NaN (n/a) in the labels it lacks. With
+`shard="I/N"` only shard I of N of the (run, artifact, severity) cells is predicted
+(`mrrobust.shards`) and no table is written; `write_tables` tabulates the merged shards.
 
 RESULTS folder:
   evaluation.json      the settings (written first; another evaluate with other settings
@@ -32,8 +36,9 @@ RESULTS folder:
   bn_shift.csv         run, artifact, severity, layer, depth, channels, mean_shift,
                        var_log_ratio (batch-norm runs, eval mode)
 
-The tables are recomputed from the prediction files at the end of every evaluate, so a resumed
-evaluation writes the same tables as an uninterrupted one. An undefined number is an empty cell.
+The tables are recomputed from the prediction files at the end of every evaluate (not of a
+shard), so a resumed evaluation, and merged shards, write the same tables as an uninterrupted
+one. An undefined number is an empty cell.
 
 Inputs are built as in training: the complex image divided by the STORE scale, corrupted
 on the device (`artifacts.corrupt`, the slice's seed `slice_seed(slice_id, seed)`, so every
@@ -81,7 +86,8 @@ THRESHOLD_SPLIT = "val"
 DEFAULT_BOOTSTRAP = 2000  # smallest p 1/2000 = 0.0005: the primary endpoint can reach p < 0.001
 SEED_ONLY_REPLICATES = 2000  # --bootstrap 0: replicates that resample the seeds alone
 FEW_POSITIVE_VOLUMES = 10  # a label with fewer positive test volumes is flagged
-SUMMARY_KEYS = ("statistics", "provenance", "sizes", "thresholds", "environment")
+SUMMARY_KEYS = ("statistics", "provenance", "sizes", "thresholds", "environment",
+                "operating_points")
 RUN_FILES = ("config.json", "model.safetensors", "operating_points.json")
 SLICE_COLUMNS = ("slice_id", "volume", "slice", *LABELS)
 RESULT_COLUMNS = ("run", "norm", "seed", "bn_mode", "artifact", "severity", "label", "metric",
@@ -116,13 +122,26 @@ class Run:
     modes: tuple = ()
     model: torch.nn.Module | None = field(default=None, repr=False)
     memory_format: torch.memory_format = torch.contiguous_format
+    kind: str = "run"  # "run" (a RUN folder) or "model" (a MODEL folder, models/exported.py)
+    present: np.ndarray = field(default_factory=lambda: np.ones(len(LABELS), bool))  # (4,) bool
+    rules: list = field(default_factory=lambda: [""] * len(LABELS))  # the operating points' rules
 
     def record(self) -> dict:
-        return {"name": self.name, "given": self.given, "path": str(self.path),
-                "norm": self.norm, "seed": self.seed, "batch_norm": self.batch_norm,
-                "bn_modes": list(self.modes), "weights": self.weights_digest,
-                "model": self.config.get("model", {}), "training": self.config.get("training", {}),
-                "curve": self.curve}
+        common = {"name": self.name, "given": self.given, "path": str(self.path),
+                  "norm": self.norm, "seed": self.seed, "batch_norm": self.batch_norm,
+                  "bn_modes": list(self.modes), "weights": self.weights_digest}
+        if self.kind == "model":  # the MODEL's record (labels, output, input_scale)
+            model = self.config["mrrobust-model"]
+            return {"kind": "model", **common, "labels": model["labels"],
+                    "output": model["output"], "input_scale": model["input_scale"]}
+        return {**common, "model": self.config.get("model", {}),
+                "training": self.config.get("training", {}), "curve": self.curve}
+
+    def operating_points(self) -> dict:
+        """The thresholds (None where undefined) and rules evaluate used: evaluation.json's
+        `operating_points` entry, from which the tables of merged shards are written."""
+        return {"thresholds": [None if math.isnan(v) else float(v) for v in self.thresholds],
+                "rules": list(self.rules)}
 
 
 def training_curve(run: Path) -> dict:
@@ -168,9 +187,38 @@ def _thresholds(path: Path) -> np.ndarray:
                             f"re-run `mrrobust train` for this RUN") from None
 
 
+def _rules(path: Path) -> list[str]:
+    """The per-label rules of an operating_points.json ("" where absent or unreadable)."""
+    try:
+        labels = json.loads(path.read_text())["labels"]
+        return [str((labels.get(label) or {}).get("rule", "")) for label in LABELS]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return [""] * len(LABELS)
+
+
+def _read_model(path: Path, given) -> Run:
+    """A MODEL folder as a Run: norm and seed from its record (arm keys), the labels it
+    predicts, its thresholds (NaN for absent labels; all NaN without operating points)."""
+    from mrrobust.models import exported
+
+    record = exported.read_record(path)
+    if not (path / exported.PROGRAM_FILE).is_file():
+        raise MrRobustError(f"MODEL {given} lacks {exported.PROGRAM_FILE}; write it with "
+                            f"torch.export.save (or `mrrobust export RUN --out {given}`)")
+    present = exported.present_labels(record)
+    points = exported.thresholds(path)
+    values = np.full(len(LABELS), math.nan) if points is None else np.where(present, points, math.nan)
+    rules = _rules(path / exported.OPERATING_POINTS_FILE)
+    return Run(name=path.name, given=str(given), path=path, norm=record.norm, seed=record.seed,
+               thresholds=values, weights_digest=exported.model_digest(path), trained_on={},
+               config={"mrrobust-model": record.json()}, kind="model", present=present,
+               rules=[rule if ok else "" for rule, ok in zip(rules, present)])
+
+
 def _read_runs(runs) -> list[Run]:
-    """Check the RUN folders (exist, complete, unique names) and read what the tables need."""
-    from mrrobust.models import read_config
+    """Check the RUN (or MODEL) folders (exist, complete, unique names) and read what the
+    tables need."""
+    from mrrobust.models import exported, read_config
 
     if runs is None or isinstance(runs, (str, Path)) or not list(runs):
         raise MrRobustError("evaluate needs one or more RUN folders (`mrrobust train` output); "
@@ -181,6 +229,9 @@ def _read_runs(runs) -> list[Run]:
         if not path.is_dir():
             raise MrRobustError(f"RUN folder {given} does not exist; train it with "
                                 f"`mrrobust train --out {given}`")
+        if exported.is_model_folder(path):
+            found.append(_read_model(path, given))
+            continue
         missing = [name for name in RUN_FILES if not (path / name).is_file()]
         if missing:
             raise MrRobustError(f"RUN {given} lacks {', '.join(missing)}: it is not a finished "
@@ -192,7 +243,8 @@ def _read_runs(runs) -> list[Run]:
                          thresholds=_thresholds(path / "operating_points.json"),
                          weights_digest=_file_digest(path / "model.safetensors"),
                          trained_on=dict(config.get("store", {})), config=config,
-                         curve=training_curve(path)))
+                         curve=training_curve(path),
+                         rules=_rules(path / "operating_points.json")))
     names = [run.name for run in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -386,15 +438,17 @@ def _bn_path(prediction: Path) -> Path:
     return prediction.with_name(prediction.stem + BN_SUFFIX)
 
 
-def _finished(prediction: Path, size: int, with_bn: bool) -> bool:
-    """Whether a cell's files exist and its predictions are float32 `(size, 4)`."""
+def _finished(prediction: Path, size: int, with_bn: bool, present: np.ndarray) -> bool:
+    """Whether a cell's files exist and its predictions are float32 `(size, 4)`, finite in
+    the `present` labels (NaN in the others: a MODEL's absent labels)."""
     if with_bn and not _bn_path(prediction).is_file():
         return False
     try:
         array = np.load(prediction, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return False
-    return array.dtype == np.float32 and array.shape == (size, len(LABELS)) and bool(np.isfinite(array).all())
+    return (array.dtype == np.float32 and array.shape == (size, len(LABELS))
+            and bool(np.isfinite(array[:, present]).all()))
 
 
 @dataclass
@@ -433,7 +487,7 @@ class Device:
 def _warn_other_store(runs: list[Run], store: Path, manifest: dict) -> None:
     """A RUN trained on a STORE of another scale or crop still runs (on this STORE's scale),
     with a warning: its inputs differ from what it was trained on."""
-    for run in runs:
+    for run in [run for run in runs if run.kind == "run"]:  # a MODEL names its own scale
         trained = (run.trained_on.get("scale"), run.trained_on.get("crop"))
         if trained != (manifest["scale"], manifest["crop"]):
             log.warning(f"RUN {run.name} was trained with (scale, crop) {trained}, STORE "
@@ -441,13 +495,24 @@ def _warn_other_store(runs: list[Run], store: Path, manifest: dict) -> None:
                         f"use this STORE's scale")
 
 
-def _load_models(runs: list[Run], where: Device, modes: list[str]) -> None:
+def _load_models(runs: list[Run], where: Device, modes: list[str], store_scale: float,
+                 size: int) -> None:
     """Load each RUN's network once onto the device and choose its bn_modes (eval only
-    without batch norm)."""
+    without batch norm). A MODEL's program: contiguous, eval only (a program cannot adapt
+    its normalisation: its other bn_modes are n/a), inputs for a STORE of `store_scale`
+    and `size` x `size` images (a program of another fixed size is refused here)."""
     from mrrobust.analysis import has_batch_norm
-    from mrrobust.models import load
+    from mrrobust.models import exported, load
 
     for run in runs:
+        if run.kind == "model":
+            run.model, _ = exported.load_model(run.path, where.device, store_scale)
+            if run.model.input_size not in (None, (size, size)):
+                height, width = run.model.input_size
+                raise MrRobustError(f"MODEL {run.given} takes {height}x{width} images, the STORE "
+                                    f"has {size}x{size}; evaluate it on a STORE of its size")
+            run.memory_format, run.batch_norm, run.modes = torch.contiguous_format, False, ("eval",)
+            continue
         model, config = load(run.path, map_location=where.device)
         run.memory_format = where.memory_format(config)
         run.model = model.to(memory_format=run.memory_format)
@@ -509,18 +574,21 @@ def _predict_cell(run: Run, mode: str, inputs: list[torch.Tensor], where: Device
         else:
             model = prior_batch_norm(run.model, bn_prior)
         predictions = _predict(model, inputs, run, where)
-    else:
+    elif run.batch_norm:
         recorder = BNRecorder(run.model)
         with recorder:
             predictions = _predict(run.model, inputs, run, where)
-        if run.batch_norm and record_bn:
+        if record_bn:
             write_json_atomic(_bn_path(target), {"rows": recorder.rows()})
-    save_npy_atomic(target, _finite(predictions, target))
+    else:  # no batch norm (a MODEL's program among them): nothing to record, no hooks
+        predictions = _predict(run.model, inputs, run, where)
+    save_npy_atomic(target, _finite(predictions, target, run.present))
 
 
-def _finite(predictions: np.ndarray, target: Path) -> np.ndarray:
-    """Refuse (before anything is written) predictions holding NaN or inf."""
-    if not np.isfinite(predictions).all():
+def _finite(predictions: np.ndarray, target: Path, present: np.ndarray) -> np.ndarray:
+    """Refuse (before anything is written) predictions holding NaN or inf in the `present`
+    labels; the absent labels of a MODEL are stored as NaN (n/a)."""
+    if not np.isfinite(predictions[:, present]).all():
         raise MrRobustError(f"{target.parent.parent.name} ({target.parent.name}) gives NaN or inf on "
                             f"{target.stem}: check the RUN, or evaluate into another --out with "
                             f"--device cpu (float32)")
@@ -529,9 +597,10 @@ def _finite(predictions: np.ndarray, target: Path) -> np.ndarray:
 
 def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], dataset, suite: str,
                   batch_size: int, seed: int, where: Device, progress: bool, bn_prior: float,
-                  root: str = PREDICTIONS) -> tuple[int, int]:
-    """Predict every unfinished (run, bn_mode, cell) of `dataset` into `out/<root>`; returns
-    (computed, reused) file counts."""
+                  root: str = PREDICTIONS, cells: set | None = None) -> tuple[int, int]:
+    """Predict every unfinished (run, bn_mode, cell) of `dataset` into `out/<root>`, only the
+    (run, artifact, severity) `cells` when given (a shard); returns (computed, reused) file
+    counts. A cell none of whose runs is left is never corrupted."""
     from mrrobust.data.store import remove_temp_files
     from mrrobust.progress import progress_bar
 
@@ -548,10 +617,12 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
             bar.update(task, description=f"{_cell_name(artifact, severity):<18}")
             pending = []
             for run in runs:
+                if cells is not None and (run.name, artifact, severity) not in cells:
+                    continue
                 for mode in run.modes:
                     target = prediction_path(out, run.name, mode, artifact, severity, root)
                     with_bn = record_bn and run.batch_norm and mode == "eval"
-                    if _finished(target, size, with_bn=with_bn):
+                    if _finished(target, size, with_bn, run.present):
                         reused += 1
                     else:
                         pending.append((run, mode, target))
@@ -590,12 +661,17 @@ def _csv_bytes(columns: tuple, rows: list[dict]) -> bytes:
     return text.getvalue().encode()
 
 
-def _load_scores(out: Path, root: str = PREDICTIONS):
-    """`scores(run, mode, artifact, severity) -> float64 (N, 4)` reading the prediction files."""
+def _load_scores(out: Path, present: dict, root: str = PREDICTIONS):
+    """`scores(run, mode, artifact, severity) -> float64 (N, 4)` reading the prediction files
+    (NaN in the labels a run lacks, `present` {run: (4,) bool})."""
     def scores(run: str, mode: str, artifact: str, severity: int) -> np.ndarray:
         path = prediction_path(out, run, mode, artifact, severity, root)
-        values = np.load(path, allow_pickle=False).astype(np.float64)
-        if not np.isfinite(values).all():
+        try:
+            values = np.load(path, allow_pickle=False).astype(np.float64)
+        except (OSError, ValueError) as err:
+            raise MrRobustError(f"{path}: missing or unreadable ({type(err).__name__}); re-run "
+                                f"the same evaluate to redo that cell") from None
+        if not np.isfinite(values[:, present[run]]).all():
             raise MrRobustError(f"{path}: non-finite predictions (the network gives NaN or inf "
                                 f"on these inputs); check the RUN, or evaluate with --device cpu")
         return values
@@ -609,23 +685,17 @@ def _operating_points(out: Path, runs: list[Run], grid, threshold_from: str,
     corrupted like the cell (in the same bn_mode)."""
     from mrrobust.metrics import operating_point
 
-    clean_rules = {}
-    for run in runs:
-        try:
-            labels = json.loads((run.path / "operating_points.json").read_text())["labels"]
-            clean_rules[run.name] = [str(labels[label].get("rule", "")) for label in LABELS]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            clean_rules[run.name] = [""] * len(LABELS)
-    scores = _load_scores(out, THRESHOLD_PREDICTIONS)
+    scores = _load_scores(out, {run.name: run.present for run in runs}, THRESHOLD_PREDICTIONS)
     thresholds, rows = {}, []
     for run in runs:
         for mode in run.modes:
             for artifact, severity in grid:
                 if threshold_from == "clean-val":
-                    values, rules = run.thresholds, clean_rules[run.name]
-                else:
+                    values, rules = run.thresholds, run.rules
+                else:  # a label the run lacks has no operating point (NaN, no rule)
                     val = scores(run.name, mode, artifact, severity)
                     points = [operating_point(threshold_targets[:, k], val[:, k])
+                              if run.present[k] else {"threshold": math.nan, "rule": ""}
                               for k in range(len(LABELS))]
                     values = np.array([point["threshold"] for point in points], np.float64)
                     rules = [point["rule"] for point in points]
@@ -647,8 +717,8 @@ def _fallbacks(rows: list[dict], threshold_from: str) -> list[dict]:
     return [{k: row[k] for k in ("run", "bn_mode", "artifact", "severity", "label")} for row in found]
 
 
-def _write_tables(out: Path, runs: list[Run], arms: list, reference: str | None, grid, dataset,
-                  seed: int, bootstrap: int, level: float, thresholds: dict) -> dict:
+def _write_tables(out: Path, runs: list[Run], arms: list, reference: str | None, grid, targets,
+                  volumes: list, seed: int, bootstrap: int, level: float, thresholds: dict) -> dict:
     """results.csv, arms.csv, arm_comparisons.csv and bn_shift.csv from the prediction files;
     returns the statistics summary for evaluation.json."""
     from mrrobust.arm_statistics import (ARM_COLUMNS, COMPARISON_COLUMNS, ArmRuns, ArmStatistics)
@@ -660,12 +730,13 @@ def _write_tables(out: Path, runs: list[Run], arms: list, reference: str | None,
                          if all(m in by_name[r].modes for r in arm.runs)]) for arm in arms]
     artifacts = list(dict.fromkeys(a for a, s in grid if a != CLEAN))
     severities = list(dict.fromkeys(s for a, s in grid if a != CLEAN))
+    present = {run.name: run.present for run in runs}
     statistics = ArmStatistics(
-        dataset.targets, np.array([row["volume"] for row in dataset.rows]), arm_runs,
+        targets, np.array(volumes), arm_runs,
         {run.name: (run.norm, run.seed) for run in runs}, reference=reference,
         replicates=bootstrap or SEED_ONLY_REPLICATES, resample_volumes=bootstrap > 0, seed=seed,
-        level=level, run_modes={run.name: list(run.modes) for run in runs})
-    statistics.compute(artifacts, severities, _load_scores(out),
+        level=level, run_modes={run.name: list(run.modes) for run in runs}, present=present)
+    statistics.compute(artifacts, severities, _load_scores(out, present),
                        lambda run, mode, artifact, severity: thresholds[(run, mode, artifact, severity)])
     order = {(run.name, mode): i for i, (run, mode) in
              enumerate((run, mode) for run in runs for mode in run.modes)}
@@ -702,7 +773,7 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
              bn_modes=("eval", "adapt", "prior", "tent"), bn_prior: float = 16.0,
              threshold_from: str = "clean-val", batch_size: int = 64, device: str = "auto",
              seed: int = 0, bootstrap: int = DEFAULT_BOOTSTRAP, level: float = 0.95,
-             progress: bool = True) -> dict:
+             shard: str | None = None, progress: bool = True) -> dict:
     """Predict every RUN on every cell of the grid over `store`'s `split` and write the
     RESULTS folder `out` (module docstring; docs/API.md, RESULTS); resumes an interrupted
     evaluation.
@@ -711,16 +782,21 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
     are grouped by their configuration minus the seed (`arms.group_arms`). `reference_arm`
     (default: the batch arm, if any) is what every arm is compared with. `artifacts` None =
     every artifact of `suite`; `bootstrap` replicates of the two-level bootstrap (0: volumes not
-    resampled, seeds alone); `seed` seeds the artifacts (per slice) and the bootstrap. Returns
-    `{"out", "cells", "computed", "reused", "arms"}`, counting prediction files of the
-    evaluated split."""
+    resampled, seeds alone); `seed` seeds the artifacts (per slice) and the bootstrap.
+    `runs` may hold MODEL folders (models/exported.py: eval mode only, n/a in the labels they
+    lack). `shard` "I/N" predicts only shard I of N of the (run, artifact, severity) cells
+    (`mrrobust.shards`) and writes no tables: `write_tables` writes them once the shards are
+    merged. Returns `{"out", "cells", "computed", "reused", "arms"}`, counting prediction
+    files of the evaluated split (of the shard's cells)."""
     import time
 
     from mrrobust.arms import resolve_arms
     from mrrobust.provenance import environment, provenance, sizes
+    from mrrobust.shards import parse_shard, shard_cells
 
     started = time.perf_counter()
     store, out = Path(store), Path(out)
+    part = parse_shard(shard)
     run_paths, explicit = resolve_arms(runs, arms)
     runs = _read_runs(run_paths)
     names, levels = _grid_axes(suite, artifacts, severities)
@@ -730,11 +806,12 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
     bn_prior = _check_prior(bn_prior)
     _check_numbers(batch_size, seed, bootstrap, level)
     arm_list, reference = _arms_of(runs, run_paths, explicit, reference_arm, bootstrap)
+    cells = None if part is None else set(shard_cells([run.name for run in runs], grid, part))
     where = Device.make(device)
     dataset = _split_dataset(store, split)
     threshold_set = _split_dataset(store, THRESHOLD_SPLIT) if threshold_from == "corrupted-val" else None
     _warn_other_store(runs, store, dataset.manifest)
-    _load_models(runs, where, modes)
+    _load_models(runs, where, modes, dataset.scale, int(dataset.manifest["crop"]))
     from mrrobust.adaptation import TENT_LR, TENT_STEPS
 
     settings = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
@@ -747,30 +824,112 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
                 "seed": int(seed), "bootstrap": int(bootstrap), "level": float(level),
                 "batch_size": int(batch_size), "device": str(where.device),
                 "precision": where.precision}
+    if part is not None:  # recorded only when sharded: an unsharded folder still resumes
+        settings["shard"] = part.record()
     _claim(out, settings)
     _write_slices(out, dataset)
     computed, reused = _predict_grid(out, runs, grid, dataset, suite, batch_size, seed, where,
-                                     progress, bn_prior)
+                                     progress, bn_prior, cells=cells)
     if threshold_set is not None:
         _write_slices(out, threshold_set, THRESHOLD_SLICES_FILE)
         _predict_grid(out, runs, grid, threshold_set, suite, batch_size, seed, where, progress,
-                      bn_prior, THRESHOLD_PREDICTIONS)
-    thresholds, threshold_rows = _operating_points(
-        out, runs, grid, threshold_from,
-        None if threshold_set is None else threshold_set.targets)
-    from mrrobust.data.store import write_bytes_atomic, write_json_atomic
+                      bn_prior, THRESHOLD_PREDICTIONS, cells=cells)
+    from mrrobust.data.store import write_json_atomic
 
-    write_bytes_atomic(out / THRESHOLDS_FILE, _csv_bytes(THRESHOLD_COLUMNS, threshold_rows))
-    statistics = _write_tables(out, runs, arm_list, reference, grid, dataset, seed, bootstrap,
-                               level, thresholds)
-    summary = {"statistics": statistics, "provenance": provenance(store, dataset.manifest),
+    summary = {"provenance": provenance(store, dataset.manifest),
                "sizes": sizes(store, split, FEW_POSITIVE_VOLUMES),
-               "thresholds": {"rule": threshold_from,
-                              "fallback": _fallbacks(threshold_rows, threshold_from)},
-               "environment": environment(where, time.perf_counter() - started)}
+               "operating_points": {run.name: run.operating_points() for run in runs}}
+    if part is None:
+        summary.update(_finish(out, runs, arm_list, reference, grid, dataset.targets,
+                               [row["volume"] for row in dataset.rows], threshold_set, settings))
+    summary["environment"] = environment(where, time.perf_counter() - started)
     write_json_atomic(out / SETTINGS_FILE, {**settings, **summary})
     return {"out": out, "cells": computed + reused, "computed": computed, "reused": reused,
             "arms": {arm.name: list(arm.runs) for arm in arm_list}}
+
+
+def _finish(out: Path, runs: list[Run], arms: list, reference, grid, targets, volumes,
+            threshold_set, settings: dict) -> dict:
+    """thresholds.csv and the tables from the prediction files; the summary entries
+    `statistics` and `thresholds` of evaluation.json. One code path for an evaluation and
+    for merged shards, so both write the same bytes."""
+    from mrrobust.data.store import write_bytes_atomic
+
+    threshold_from = settings["threshold_from"]
+    thresholds, threshold_rows = _operating_points(
+        out, runs, grid, threshold_from, None if threshold_set is None else threshold_set.targets)
+    write_bytes_atomic(out / THRESHOLDS_FILE, _csv_bytes(THRESHOLD_COLUMNS, threshold_rows))
+    statistics = _write_tables(out, runs, arms, reference, grid, targets, volumes,
+                               settings["seed"], settings["bootstrap"], settings["level"],
+                               thresholds)
+    return {"statistics": statistics,
+            "thresholds": {"rule": threshold_from,
+                           "fallback": _fallbacks(threshold_rows, threshold_from)}}
+
+
+@dataclass
+class _Slices:
+    """A slices.csv read back: `targets` float32 `(N, 4)`, `rows` (dicts with `volume`)."""
+
+    targets: np.ndarray
+    rows: list
+
+
+def _read_slices(path: Path) -> _Slices:
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        targets = np.array([[int(row[label]) for label in LABELS] for row in rows], np.float32)
+    except (OSError, csv.Error, KeyError, TypeError, ValueError) as err:
+        raise MrRobustError(f"{path}: missing or unreadable ({type(err).__name__}); merge the "
+                            f"shards again into a new folder") from None
+    return _Slices(targets.reshape(-1, len(LABELS)), rows)
+
+
+def _run_of(record: dict, points: dict) -> Run:
+    """A Run as the tables need it, from its evaluation.json entry and operating points."""
+    name = str(record["name"])
+    entry = points[name]
+    labels = record.get("labels", list(LABELS))
+    return Run(name=name, given=str(record.get("given", name)), path=Path(record["path"]),
+               norm=str(record["norm"]), seed=int(record["seed"]),
+               thresholds=np.array([math.nan if v is None else float(v)
+                                    for v in entry["thresholds"]], np.float64),
+               weights_digest=str(record["weights"]), trained_on={},
+               batch_norm=bool(record["batch_norm"]), modes=tuple(record["bn_modes"]),
+               kind=str(record.get("kind", "run")),
+               present=np.array([label in labels for label in LABELS]),
+               rules=[str(rule) for rule in entry["rules"]])
+
+
+def write_tables(out: Path) -> dict:
+    """Write thresholds.csv and the tables of a RESULTS folder whose prediction files are all
+    there (merged shards, `shards.merge_shards`) from its evaluation.json alone: nothing is
+    predicted, the STORE and the RUNs are not read. Returns the rewritten evaluation.json."""
+    from mrrobust.arms import Arm
+    from mrrobust.data.store import read_json, write_json_atomic
+
+    out = Path(out)
+    settings = read_json(out / SETTINGS_FILE)
+    if settings is None or settings.get("format") != RESULTS_FORMAT:
+        raise MrRobustError(f"{out} holds no readable {SETTINGS_FILE}; merge the shards again")
+    try:
+        runs = [_run_of(record, settings["operating_points"]) for record in settings["runs"]]
+        arms = [Arm(str(arm["name"]), [str(r) for r in arm["runs"]],
+                    dict(arm.get("configuration") or {}), bool(arm.get("explicit")))
+                for arm in settings["arms"]]
+        grid = grid_cells(list(settings["artifacts"]), [int(s) for s in settings["severities"]])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise MrRobustError(f"{out / SETTINGS_FILE} lacks what the tables need ({type(err).__name__}: "
+                            f"{err}); re-run the shards with this version") from None
+    dataset = _read_slices(out / SLICES_FILE)
+    threshold_set = (_read_slices(out / THRESHOLD_SLICES_FILE)
+                     if settings["threshold_from"] == "corrupted-val" else None)
+    summary = _finish(out, runs, arms, settings.get("reference_arm"), grid, dataset.targets,
+                      [row["volume"] for row in dataset.rows], threshold_set, settings)
+    record = {**settings, **summary}
+    write_json_atomic(out / SETTINGS_FILE, record)
+    return record
 
 
 def _arms_of(runs: list[Run], run_paths: list[Path], explicit: dict | None, reference_arm,
@@ -782,8 +941,15 @@ def _arms_of(runs: list[Run], run_paths: list[Path], explicit: dict | None, refe
     if explicit:
         arms = [Arm(name, [name_of[path] for path in paths],
                     configuration={}, explicit=True) for name, paths in explicit.items()]
-    else:
-        arms = group_arms({run.name: run.config for run in runs})
+    else:  # a MODEL forms its own arm, named by its folder
+        arms = group_arms({run.name: run.config for run in runs if run.kind == "run"})
+        taken = {arm.name for arm in arms}
+        for run in [run for run in runs if run.kind == "model"]:
+            if run.name in taken:
+                raise MrRobustError(f"MODEL {run.given} would form an arm named {run.name!r}, "
+                                    f"which is already an arm; rename its folder or name the "
+                                    f"arms with --arm NAME=FOLDER,...")
+            arms.append(Arm(run.name, [run.name], configuration={"model": run.name}))
     norms = {arm.name: next(r.norm for r in runs if r.name == arm.runs[0]) for arm in arms}
     names = [arm.name for arm in arms]
     if reference_arm is None:

@@ -24,9 +24,12 @@ from pathlib import Path
 from mrrobust.errors import MrRobustError
 
 SHARD_KEY = "shard"
+OPERATING_POINTS = "operating_points"  # written by evaluate once a shard has finished
+SETTINGS_FILE = "evaluation.json"
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
-# evaluation.json entries that may differ between the shards of one evaluation
-MAY_DIFFER = (SHARD_KEY, "batch_size", "device")
+# evaluation.json entries that may differ between the shards of one evaluation, beside those
+# a resume does not compare (`evaluation._compared`: device; batch size unless prior or tent)
+MAY_DIFFER = (SHARD_KEY,)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class ShardSet:
 
 def _settings(folder: Path) -> dict:
     from mrrobust.data.store import read_json
-    from mrrobust.evaluation import RESULTS_FORMAT, SETTINGS_FILE
+    from mrrobust.evaluation import RESULTS_FORMAT
 
     record = read_json(Path(folder) / SETTINGS_FILE)
     if record is None or record.get("format") != RESULTS_FORMAT:
@@ -104,14 +107,15 @@ def _settings(folder: Path) -> dict:
 
 
 def _comparable(settings: dict) -> dict:
-    """What must agree between shards: everything but MAY_DIFFER and the paths as given."""
-    from mrrobust import evaluation
+    """What must agree between shards: what a resume compares, but the shard."""
+    from mrrobust.evaluation import _compared
 
-    skip = set(MAY_DIFFER) | set(getattr(evaluation, "UNCOMPARED", ()))
-    same = {k: v for k, v in settings.items() if k not in skip}
-    same["runs"] = [{k: v for k, v in run.items() if k != "given"}
-                    for run in settings.get("runs", [])]
-    return same
+    try:
+        same = _compared(settings)
+    except (KeyError, TypeError, AttributeError):
+        raise MrRobustError("a shard's evaluation.json is damaged (no runs); re-run that shard "
+                            "into a new folder") from None
+    return {k: v for k, v in same.items() if k not in MAY_DIFFER}
 
 
 def _shard_of(folder: Path, settings: dict) -> Shard:
@@ -135,14 +139,18 @@ def _grid(settings: dict) -> tuple[list[str], list[tuple[str, int]]]:
 
 def _unfinished(folder: Path, cells: list[tuple[str, str, int]], settings: dict) -> list[str]:
     """The cells of `folder` lacking a prediction file of one of their run's bn_modes
-    (every mode for batch-norm runs, eval for the others)."""
-    from mrrobust.evaluation import prediction_path
+    (every mode for batch-norm runs, eval for the others), of the validation split too
+    with --threshold-from corrupted-val."""
+    from mrrobust.evaluation import PREDICTIONS, THRESHOLD_PREDICTIONS, prediction_path
 
-    modes = {run["name"]: (settings.get("bn_modes") or ["eval"]) if run.get("batch_norm")
-             else ["eval"] for run in settings["runs"]}
-    return [f"{run} {mode} {artifact}-{severity}" for run, artifact, severity in cells
-            for mode in modes[run]
-            if not prediction_path(folder, run, mode, artifact, severity).is_file()]
+    modes = {run["name"]: run.get("bn_modes") or ((settings.get("bn_modes") or ["eval"])
+                                                   if run.get("batch_norm") else ["eval"])
+             for run in settings["runs"]}
+    roots = [PREDICTIONS] + ([THRESHOLD_PREDICTIONS]
+                             if settings.get("threshold_from") == "corrupted-val" else [])
+    return [f"{run} {mode} {artifact}-{severity}" + ("" if root == PREDICTIONS else " (val)")
+            for run, artifact, severity in cells for mode in modes[run] for root in roots
+            if not prediction_path(folder, run, mode, artifact, severity, root).is_file()]
 
 
 def check_shards(folders) -> ShardSet:
@@ -183,7 +191,19 @@ def check_shards(folders) -> ShardSet:
             raise MrRobustError(f"shard {index}/{count} ({folder}) has not finished "
                                 f"{len(unfinished)} cell(s) ({', '.join(unfinished[:3])}); re-run "
                                 f"the same evaluate --shard {index}/{count} to finish it")
-    settings = {k: v for k, v in records[0].items() if k != SHARD_KEY}
+    by_index = {shard.index: record for shard, record in zip(shards, records)}
+    points = by_index[1].get(OPERATING_POINTS)
+    for index, folder in enumerate(ordered, start=1):
+        mine = by_index[index].get(OPERATING_POINTS)
+        if mine is None:
+            raise MrRobustError(f"shard {index}/{count} ({folder}) has not finished (its "
+                                f"{SETTINGS_FILE} holds no {OPERATING_POINTS}); re-run the same "
+                                f"evaluate --shard {index}/{count} to finish it")
+        if mine != points:
+            raise MrRobustError(f"{ordered[0]} and {folder} are shards of different evaluations "
+                                f"(the runs' operating points differ: a RUN was calibrated or "
+                                f"trained again between them); re-run the shards")
+    settings = {k: v for k, v in by_index[1].items() if k != SHARD_KEY}
     return ShardSet(ordered, count, settings)
 
 
@@ -204,15 +224,9 @@ def _link_or_copy(source: Path, target: Path) -> None:
         temp.unlink(missing_ok=True)
 
 
-def merge_shards(folders, out: Path) -> Path:
-    """Gather the checked shards (`check_shards`) into the RESULTS folder `out`: their
-    slices.csv (identical in every shard), every prediction file, and evaluation.json
-    without the shard (written last). `out` must be new, empty, or an earlier merge of the
-    same shards. The tables are then written from `out` as for any evaluation."""
-    from mrrobust.data.store import write_json_atomic
-    from mrrobust.evaluation import PREDICTIONS, SETTINGS_FILE, SLICES_FILE
-
-    found, out = check_shards(folders), Path(out)
+def check_merge_target(found: ShardSet, out: Path) -> None:
+    """Refuse an `out` that is a file, or a non-empty folder holding no merge of these shards."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise MrRobustError(f"--out {out} is a file; choose a folder for the merged RESULTS")
     if out.is_dir() and any(out.iterdir()):
@@ -220,17 +234,37 @@ def merge_shards(folders, out: Path) -> Path:
         if before is None or _comparable(before) != _comparable(found.settings):
             raise MrRobustError(f"{out} is not empty and holds no merge of these shards; choose "
                                 f"another folder")
-    slices = {(folder / SLICES_FILE).read_bytes() if (folder / SLICES_FILE).is_file() else None
-              for folder in found.folders}
-    if len(slices) != 1 or None in slices:
-        raise MrRobustError(f"the shards' {SLICES_FILE} differ or are missing (the STORE was "
-                            f"prepared again between them?); re-run the shards on one STORE")
+
+
+def merge_shards(folders, out: Path) -> Path:
+    """Gather the checked shards (`check_shards`) into the RESULTS folder `out`: their
+    slices.csv (identical in every shard; threshold_slices.csv too with corrupted-val), every
+    prediction file, and evaluation.json without the shard (written last). `out` must be
+    new, empty, or an earlier merge of the same shards. `evaluation.write_tables(out)` then
+    writes the tables as for any evaluation."""
+    from mrrobust.data.store import write_json_atomic
+    from mrrobust.evaluation import (PREDICTIONS, SLICES_FILE, THRESHOLD_PREDICTIONS,
+                                     THRESHOLD_SLICES_FILE)
+
+    found, out = check_shards(folders), Path(out)
+    check_merge_target(found, out)
+    corrupted_val = found.settings.get("threshold_from") == "corrupted-val"
+    lists = [SLICES_FILE] + ([THRESHOLD_SLICES_FILE] if corrupted_val else [])
+    roots = [PREDICTIONS] + ([THRESHOLD_PREDICTIONS] if corrupted_val else [])
+    for name in lists:
+        slices = {(folder / name).read_bytes() if (folder / name).is_file() else None
+                  for folder in found.folders}
+        if len(slices) != 1 or None in slices:
+            raise MrRobustError(f"the shards' {name} differ or are missing (the STORE was "
+                                f"prepared again between them?); re-run the shards on one STORE")
     try:
-        _link_or_copy(found.folders[0] / SLICES_FILE, out / SLICES_FILE)
+        for name in lists:
+            _link_or_copy(found.folders[0] / name, out / name)
         for folder in found.folders:
-            for source in sorted((folder / PREDICTIONS).rglob("*")):
-                if source.is_file() and not source.name.startswith("."):
-                    _link_or_copy(source, out / source.relative_to(folder))
+            for root in roots:
+                for source in sorted((folder / root).rglob("*")):
+                    if source.is_file() and not source.name.startswith("."):
+                        _link_or_copy(source, out / source.relative_to(folder))
         write_json_atomic(out / SETTINGS_FILE, found.settings)
     except OSError as err:
         raise MrRobustError(f"cannot write the merged RESULTS folder {out} "

@@ -410,19 +410,6 @@ def present_labels(record: ModelRecord) -> np.ndarray:
     return np.array([label in record.labels for label in LABELS])
 
 
-def mask_absent(targets: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
-                present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Targets `(N, 4)`, scores `(N, 4)` (NaN in absent columns) and thresholds `(4,)` as
-    `metrics.cell_metrics` / `paired_difference` take them, with every metric of an absent
-    label (`present` False) undefined: its targets one class, scores 0, threshold NaN. The
-    "mean" label then averages the present labels only. For a pair of models pass
-    `present_a & present_b` and mask both score arrays with it."""
-    present = np.asarray(present, bool)
-    targets = np.where(present[None, :], targets, 0)
-    scores = np.where(present[None, :], scores, 0.0)
-    return targets, scores, np.where(present, thresholds, math.nan)
-
-
 def thresholds(folder: Path) -> np.ndarray | None:
     """`(4,)` float64 thresholds from `folder/operating_points.json` (NaN where undefined or
     absent), or None when the MODEL has none (AUC only)."""

@@ -20,7 +20,7 @@ from mrrobust.report import html, markdown
 from mrrobust.report import statistics as st
 from mrrobust.report import tables as tab
 from mrrobust.report.figures import FIGURES, MODE_STYLES, NORM_COLORS, norm_color
-from mrrobust.report.loading import CLEAN, Results, load_results
+from mrrobust.report.loading import CLEAN, Results, gather_results, load_results
 from mrrobust.report.tables import Bullets, Section
 
 FORMATS = ("png", "pdf", "svg")
@@ -68,15 +68,17 @@ def _figures(res: Results, reference: str, errors: dict, shift: dict, panels: di
     return written
 
 
-def report(results: Path, out: Path, *, reference_norm: str | None = None, formats=("png",)) -> dict:
-    """Write REPORT `out` from the RESULTS folder `results`: `figures/<name>.<format>`, then
+def report(results, out: Path, *, reference_norm: str | None = None, formats=("png",)) -> dict:
+    """Write REPORT `out` from the RESULTS folder `results` (or the list of the shard folders of
+    one evaluation, merged into `out/results` first: `loading.gather_results`):
+    `figures/<name>.<format>`, then
     `report.html` (figures embedded) and `report.md`. `reference_norm` names the reference
     arm (an arm name, or a norm: its first arm); None = evaluate's `reference_arm` (else
     batch). Comparisons exist only against evaluate's reference arm. Everything is read and
     checked before anything is written. Returns {"report": md path, "html": html path,
     "figures": [paths], "findings": [the three most important findings, short lines]}."""
     formats = _formats(formats)
-    res = load_results(results)
+    res = load_results(gather_results(results, out))
     worst = {arm: st.worst_cell(res, arm) for arm in res.arms if "eval" in res.modes_of(arm)}
     panels = fig.reliability_panels(res, {arm: cell for arm, cell in worst.items() if cell})  # reads predictions/
     reference = st.reference_arm(res, reference_norm)

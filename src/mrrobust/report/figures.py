@@ -264,12 +264,13 @@ def reliability_points(targets: np.ndarray, scores: np.ndarray, volumes: np.ndar
                        seed: int = 0, level: float = 0.95) -> np.ndarray:
     """(bins, 4): per equal-width bin of predicted probability, (mean predicted, observed
     frequency, its low, its high), every label's (target, score) pooled; targets and scores
-    (N, L), volumes (N,); NaN targets are left out. The interval is the `level` percentile
+    (N, L), volumes (N,); NaN targets and NaN scores (a MODEL's absent labels) are left
+    out. The interval is the `level` percentile
     interval of a volume bootstrap (`metrics.cluster_weights` over the distinct volumes), so
     correlated slices of a knee do not narrow it; it works on per-volume counts (B x V)."""
     from mrrobust.metrics import cluster_weights
 
-    known = np.isfinite(targets)
+    known = np.isfinite(targets) & np.isfinite(scores)
     y, p = targets[known], scores[known]
     distinct, volume = np.unique(np.broadcast_to(volumes[:, None], targets.shape)[known], return_inverse=True)
     draws = cluster_weights(np.arange(distinct.size), RELIABILITY_RESAMPLES, seed)  # (B, V): times volume v drawn

@@ -216,6 +216,39 @@ def _arm_members(settings: dict, rows: list[dict]) -> dict:
     return members
 
 
+MERGED = "results"  # the folder of a REPORT that holds its merged shards
+
+
+def gather_results(folders, out: Path) -> Path:
+    """The RESULTS folder to report on: one whole evaluation as it is; the shard folders of one
+    evaluation (`evaluate --shard I/N`) checked (`shards.check_shards`: refused when they come
+    from different evaluations, overlap or miss a shard, naming it), merged into `out/results`
+    and given their tables (`evaluation.write_tables`: nothing is predicted again). Everything is
+    checked before anything is written."""
+    from mrrobust.evaluation import SETTINGS_FILE, write_tables
+    from mrrobust.shards import SHARD_KEY, check_merge_target, check_shards, merge_shards
+
+    folders = [Path(folder) for folder in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    if not folders:
+        raise MrRobustError("pass one RESULTS folder, or every shard folder of one evaluation")
+    if len(folders) == 1:
+        try:
+            settings = json.loads((folders[0] / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            settings = None
+        if not isinstance(settings, dict) or SHARD_KEY not in settings:
+            return folders[0]  # a whole evaluation (load_results checks it)
+    found = check_shards(folders)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MrRobustError(f"{out} exists and is not a folder; choose another --out")
+    target = out / MERGED
+    check_merge_target(found, target)
+    merge_shards(found.folders, target)
+    write_tables(target)
+    return target
+
+
 def load_results(results: Path) -> Results:
     """Read a RESULTS folder; MrRobustError (one line) when it is not one."""
     results = Path(results)
