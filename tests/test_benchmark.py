@@ -9,7 +9,7 @@ from mrrobust.benchmark import benchmark, plan, plan_differences
 from mrrobust.errors import MrRobustError
 
 TRAIN = dict(width=4, groups=4, max_epochs=1, workers=0, lr=1e-3, batch_size=16, accelerator="cpu", quiet=True)
-EVALUATE = dict(artifacts=["noise"], severities=[1], bootstrap=0, device="cpu")
+EVALUATE = dict(artifacts=["noise"], severities=[1], bootstrap=20, bn_modes=["eval", "adapt"], device="cpu")
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -64,7 +64,7 @@ def test_finished_work_is_never_overwritten_without_retrain(tiny_store, tmp_path
     code, printed, err = run_cli(monkeypatch, capsys, "benchmark", "--data", tiny_store, "--out", out, "--norms", "layer",
                                  "--width", "4", "--groups", "4", "--max-epochs", "2", "--workers", "0", "--lr", "1e-3",
                                  "--batch-size", "16", "--accelerator", "cpu", "--artifacts", "noise", "--severities", "1",
-                                 "--bootstrap", "0", "--device", "cpu", "--dry-run")
+                                 "--bootstrap", "20", "--device", "cpu", "--seeds", "0", "--bn-modes", "eval,adapt", "--dry-run")
     assert code == 0, err
     assert "runs/layer-seed0: DIFFERS: max_epochs 1 -> 2" in printed and "estimate:" in printed
     assert "ms per training slice" in printed
@@ -86,7 +86,7 @@ def test_dry_run_on_a_new_folder_writes_nothing(tiny_store, tmp_path, monkeypatc
     code, printed, err = run_cli(monkeypatch, capsys, "benchmark", "--data", tiny_store, "--out", out,
                                  "--norms", "batch,layer", "--width", "4", "--groups", "4", "--max-epochs", "3",
                                  "--accelerator", "cpu", "--artifacts", "noise,motion", "--severities", "1,2",
-                                 "--device", "cpu", "--dry-run")
+                                 "--device", "cpu", "--seeds", "0", "--bn-modes", "eval,adapt", "--dry-run")
     assert code == 0, err
     assert "runs/batch-seed0: train (3 epochs at most)" in printed and "runs/layer-seed0: train" in printed
     # batch norm: eval and adapt, layer norm: eval only; each (1 clean + 2 artifacts x 2 severities)
@@ -106,7 +106,7 @@ def test_benchmark_through_the_local_executor_with_shards(tiny_store, tmp_path, 
     source = str(Path(mrrobust.__file__).resolve().parents[1])  # the jobs import this checkout
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    evaluate = dict(EVALUATE, bootstrap=20, bn_modes=["eval"])
+    evaluate = dict(EVALUATE, bn_modes=["eval"])
     out = tmp_path / "cluster"
     result = benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate,
                        progress=False, cluster=ClusterOptions("local", folder=tmp_path / "jobs", time=20), shards=2)
@@ -128,6 +128,6 @@ def test_shards_and_executor_refused_before_any_work(tiny_store, tmp_path):
     with pytest.raises(MrRobustError, match=r"--shards 0 must be a whole number >= 1"):
         benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=EVALUATE, shards=0)
     with pytest.raises(MrRobustError, match=r"--executor 'pbs': choose one of local, slurm"):
-        benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=dict(EVALUATE, bootstrap=20),
+        benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=EVALUATE,
                   cluster=ClusterOptions("pbs", folder=tmp_path / "jobs"))
     assert not out.exists() and not (tmp_path / "jobs").exists()

@@ -208,6 +208,9 @@ def plan(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dic
     train_options = {k: v for k, v in (train_options or {}).items() if k not in ("quiet", "resume", "norm", "seed")}
     norms, seeds = _check_norms(norms), _check_seeds(seeds)
     expected = _evaluation_settings(store, evaluate_options or {})
+    if expected["bootstrap"] == 0 and len(seeds) == 1:
+        raise MrRobustError("--bootstrap 0 with one seed per norm leaves nothing to resample (neither test volumes "
+                            "nor seeds): no interval or test is possible; pass --bootstrap 2000 or several --seeds")
     if out.exists() and not out.is_dir():
         raise MrRobustError(f"--out {out} is a file; choose a folder")
     runs = []

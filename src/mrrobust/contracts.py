@@ -34,7 +34,7 @@ from mrrobust.errors import MrRobustError
 
 STORE_FORMAT, STORE_VERSION = "mrrobust-store", 1
 RUN_FORMAT, RUN_VERSION = "mrrobust-run", 1
-RESULTS_FORMAT, RESULTS_VERSION = "mrrobust-results", 1
+RESULTS_FORMAT, RESULTS_VERSION = "mrrobust-results", 2
 SPLITS = ("train", "val", "test")
 CHECKSUM = "sha256"  # of a volume's array data in C order; of slices.csv's bytes (SHA-NI: ~2x blake2b here)
 VOLUME_DTYPE = "complex64"
@@ -510,31 +510,52 @@ def verify_run(run: Path | str) -> str:
 # ---- RESULTS -------------------------------------------------------------------------------
 
 
+BN_MODE = Literal["eval", "adapt", "prior", "tent"]
+
+
 class RunRecord(Contract):
     name: Annotated[str, Field(pattern=r"^[^/\\]+$")]
     path: str
     norm: str
-    seed: Count
+    seed: Optional[Count]
     batch_norm: bool
+    bn_modes: Annotated[list[BN_MODE], Field(min_length=1)]
     weights: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    kind: Literal["run", "model"] = "run"
+    labels: Optional[list[Literal["abnormal", "mtear", "acl", "cartilage"]]] = None
+
+
+class ArmRecord(Contract):
+    name: Annotated[str, Field(min_length=1)]
+    runs: Annotated[list[str], Field(min_length=1)]
+
+
+class ShardRecord(Contract):
+    index: PositiveInt
+    count: PositiveInt
 
 
 class ResultsSettings(Contract):
     format: Literal["mrrobust-results"]
-    version: Literal[1]
+    version: Literal[2]
     runs: Annotated[list[RunRecord], Field(min_length=1)]
+    arms: Annotated[list[ArmRecord], Field(min_length=1)]
+    reference_arm: Optional[str]
     store: str
     split: Literal["train", "val", "test"]
     suite: str
     artifacts: list[Annotated[str, Field(pattern=r"^[\w.-]+$")]]
     severities: list[Annotated[int, Field(ge=1, le=5)]]
-    bn_modes: Annotated[list[Literal["eval", "adapt"]], Field(min_length=1)]
+    bn_modes: Annotated[list[BN_MODE], Field(min_length=1)]
+    bn_prior: Annotated[float, Field(ge=0)]
+    threshold_from: Literal["clean-val", "corrupted-val"]
     seed: Count
     bootstrap: Count
     level: Annotated[float, Field(gt=0, lt=1)]
     batch_size: PositiveInt
     device: str
     precision: str
+    shard: Optional[ShardRecord] = None
 
 
 def _number_or_empty(value: str):
@@ -546,7 +567,7 @@ class ResultRow(Contract):
     run: str
     norm: str
     seed: Count
-    bn_mode: Literal["eval", "adapt"]
+    bn_mode: BN_MODE
     artifact: str
     severity: Annotated[int, Field(ge=0, le=5)]
     label: Literal["abnormal", "mtear", "acl", "cartilage", "mean"]
@@ -588,11 +609,13 @@ def check_prediction(path: Path | str, rows: int) -> None:
     check_npy(path, (rows, len(LABELS)), "float32", EVALUATE_FIX)
 
 
-def read_prediction(path: Path | str, rows: int) -> np.ndarray:
-    """A checked prediction file: float32 `(rows, 4)` probabilities in [0, 1]."""
+def read_prediction(path: Path | str, rows: int, present=None) -> np.ndarray:
+    """A checked prediction file: float32 `(rows, 4)` probabilities in [0, 1] in the `present`
+    label columns (default all four; a MODEL's absent labels are NaN)."""
     check_prediction(path, rows)
     array = np.load(path, allow_pickle=False)
-    if not (np.isfinite(array).all() and array.min(initial=0) >= 0 and array.max(initial=0) <= 1):
+    shown = array if present is None else array[:, np.asarray(present, dtype=bool)]
+    if not (np.isfinite(shown).all() and shown.min(initial=0) >= 0 and shown.max(initial=0) <= 1):
         raise MrRobustError(f"{path}: holds values outside 0..1 or NaN; {EVALUATE_FIX}")
     return array
 
@@ -606,11 +629,11 @@ def verify_results(results: Path | str) -> str:
     cells = [("clean", 0)] + [(a, s) for a in settings["artifacts"] for s in settings["severities"]]
     checked = 0
     for run in settings["runs"]:
-        for mode in settings["bn_modes"]:
-            if mode == "adapt" and not run["batch_norm"]:
-                continue
+        present = None if run.get("labels") is None else [label in run["labels"] for label in LABELS]
+        for mode in run["bn_modes"]:
             for artifact, severity in cells:
-                read_prediction(results / "predictions" / run["name"] / mode / f"{artifact}-{severity}.npy", len(slices))
+                read_prediction(results / "predictions" / run["name"] / mode / f"{artifact}-{severity}.npy",
+                                len(slices), present)
                 checked += 1
     rows = read_results_csv(results)
     return f"{results}: RESULTS intact ({checked} prediction files of {len(slices)} slices, {len(rows)} result rows)"

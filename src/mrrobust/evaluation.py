@@ -50,7 +50,6 @@ memory format; on the CPU in float32.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -67,8 +66,7 @@ from mrrobust.errors import MrRobustError
 
 log = logging.getLogger("mrrobust.evaluation")
 
-RESULTS_FORMAT = "mrrobust-results"
-RESULTS_VERSION = 2
+from mrrobust.contracts import RESULTS_FORMAT, RESULTS_VERSION  # noqa: E402  (defined once, with the schema)
 SETTINGS_FILE = "evaluation.json"
 SLICES_FILE = "slices.csv"
 THRESHOLD_SLICES_FILE = "threshold_slices.csv"
@@ -169,26 +167,25 @@ def training_curve(run: Path) -> dict:
 
 
 def _file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """BLAKE2b-128 of a file (`contracts.file_digest`: the digest `benchmark.plan` compares)."""
+    from mrrobust.contracts import file_digest
+
+    return file_digest(path)
 
 
-def _thresholds(path: Path) -> np.ndarray:
-    """The per-label thresholds of a RUN's operating_points.json, (4,) float64, NaN for null."""
-    try:
-        labels = json.loads(path.read_text())["labels"]
-        values = [labels[label]["threshold"] for label in LABELS]
-        return np.array([math.nan if v is None else float(v) for v in values], np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise MrRobustError(f"{path}: unreadable operating points ({type(err).__name__}: {err}); "
-                            f"re-run `mrrobust train` for this RUN") from None
+def _run_thresholds(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A RUN's operating_points.json (schema-checked by `contracts.read_operating_points`):
+    the per-label thresholds, (4,) float64 with NaN for null, and the rules ("" where absent)."""
+    from mrrobust.contracts import read_operating_points
+
+    labels = read_operating_points(path.parent)["labels"]
+    values = [labels[label]["threshold"] for label in LABELS]
+    rules = [str(labels[label].get("rule", "")) for label in LABELS]
+    return np.array([math.nan if v is None else float(v) for v in values], np.float64), rules
 
 
 def _rules(path: Path) -> list[str]:
-    """The per-label rules of an operating_points.json ("" where absent or unreadable)."""
+    """The per-label rules of a MODEL's operating_points.json ("" where absent or unreadable)."""
     try:
         labels = json.loads(path.read_text())["labels"]
         return [str((labels.get(label) or {}).get("rule", "")) for label in LABELS]
@@ -237,14 +234,15 @@ def _read_runs(runs) -> list[Run]:
             raise MrRobustError(f"RUN {given} lacks {', '.join(missing)}: it is not a finished "
                                 f"run; finish it with `mrrobust train --resume --out {given}`")
         config = read_config(path)
+        thresholds, rules = _run_thresholds(path / "operating_points.json")
         found.append(Run(name=path.name, given=str(given), path=path,
                          norm=str(config["model"]["norm"]),
                          seed=int(config.get("training", {}).get("seed", 0)),
-                         thresholds=_thresholds(path / "operating_points.json"),
+                         thresholds=thresholds,
                          weights_digest=_file_digest(path / "model.safetensors"),
                          trained_on=dict(config.get("store", {})), config=config,
                          curve=training_curve(path),
-                         rules=_rules(path / "operating_points.json")))
+                         rules=rules))
     names = [run.name for run in found]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -379,6 +377,9 @@ def _claim(out: Path, settings: dict) -> None:
         if before is None or before.get("format") != RESULTS_FORMAT:
             raise MrRobustError(f"{record} is not a mrrobust evaluation record; choose another "
                                 f"--out")
+        from mrrobust.contracts import read_results_settings
+
+        read_results_settings(out)  # schema-checked: a damaged or older record is one line
         try:
             old = _compared(before)
         except (KeyError, TypeError, AttributeError):
