@@ -275,17 +275,17 @@ def test_without_bootstrap_the_seeds_alone_are_resampled(runs, tiny_store, tmp_p
     assert statistics["volumes_resampled"] is False and statistics["seeds_resampled"] is True
 
 
-def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, synth_root, tmp_path):
     unfinished = tmp_path / "runs" / "half-seed0"
     shutil.copytree(runs["layer"], unfinished)
     (unfinished / "operating_points.json").unlink()
     same_name = tmp_path / "other" / "batch-seed0"
     shutil.copytree(runs["batch"], same_name)
-    no_test = tmp_path / "no-test-store"
-    no_test.mkdir()
-    shutil.copy(tiny_store / "manifest.json", no_test)
-    lines = (tiny_store / "slices.csv").read_text().splitlines(keepends=True)
-    (no_test / "slices.csv").write_text("".join(l for l in lines if ",test," not in l))
+    from mrrobust.data.prepare import prepare
+
+    no_test = tmp_path / "no-test-store"  # a whole STORE (its checksums hold) without a test split
+    prepare(synth_root / "knee", no_test, annotations=synth_root / "annotations", crop=64, seed=0,
+            fractions=(0.8, 0.2, 0.0), progress=False)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

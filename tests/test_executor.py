@@ -42,7 +42,7 @@ def stages(store: Path, out: Path) -> list[Stage]:
     shards = {artifact: out / f"results-{artifact}" for artifact in ("noise", "gibbs")}
     evaluation = [Job(artifact, functools.partial(
         evaluate, runs, store, folder, artifacts=[artifact], severities=[2], split="val",
-        bn_modes=["eval"], batch_size=32, device="cpu", bootstrap=0, progress=False),
+        bn_modes=["eval"], batch_size=32, device="cpu", bootstrap=20, progress=False),
         done=functools.partial(Path.is_file, folder / "results.csv"))
         for artifact, folder in shards.items()]
     reporting = [Job("report", functools.partial(report, shards["noise"], out / "report"),

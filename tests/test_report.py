@@ -138,7 +138,11 @@ def test_full_report(tmp_path):
     assert row_of(robust[0], "motion")["group"] == bracket(pooled("group", "eval", "motion", SEVERITIES), HALF)
     assert row_of(robust[1], "motion")["batch"] == bracket(retained("batch", "eval", "motion", SEVERITIES), 0.05)
     assert row_of(robust[2], "noise", "layer")["3"] == bracket(arm_auc("layer", "eval", "noise", 3), HALF)
-    assert row_of(robust[3], "noise")["1"] == "0.04" and row_of(robust[3], "motion")["5"] == "4/8/6"
+    from mrrobust.artifacts import SUITES  # the ladder table shows the registry's physical parameters
+
+    noise, motion = SUITES["mrrobust"]["noise"].ladder, SUITES["mrrobust"]["motion"].ladder
+    assert row_of(robust[3], "noise")["1"] == f"{noise[0]:g}"
+    assert row_of(robust[3], "motion")["5"] == "/".join(f"{v:g}" for v in motion[4])
 
     # threshold metrics and ECE under every artifact, not only clean
     operating = tables(section(md, "Operating point under artifacts"))
