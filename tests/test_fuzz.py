@@ -286,7 +286,7 @@ def pristine(tiny_store, tmp_path_factory):
     run = root / "batch-seed0"
     train(tiny_store, run, "batch", width=4, groups=4, max_epochs=1, workers=0, lr=1e-3, batch_size=16,
           accelerator="cpu", quiet=True)
-    evaluate([run], tiny_store, root / "results", artifacts=["noise"], severities=[1], bootstrap=0,
+    evaluate([run], tiny_store, root / "results", artifacts=["noise"], severities=[1], bootstrap=20,
              device="cpu", progress=False)
     return {"store": tiny_store, "run": run, "results": root / "results"}
 

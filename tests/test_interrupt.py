@@ -91,7 +91,7 @@ def test_benchmark_interrupted_while_training(tiny_store, tmp_path, monkeypatch,
     interrupt_on_call(monkeypatch, Classifier, "training_step", 2)
     code, err = run_cli(monkeypatch, capsys, "benchmark", "--data", tiny_store, "--out", tmp_path / "b",
                         "--norms", "layer", "--max-epochs", "1", *TRAIN, "--artifacts", "noise",
-                        "--severities", "1", "--bootstrap", "0", "--device", "cpu")
+                        "--severities", "1", "--bootstrap", "20", "--device", "cpu")
     assert (code, err) == (130, f"mrrobust benchmark: {LINE}\n")
 
 
@@ -122,7 +122,7 @@ def test_real_sigint_in_train_and_evaluate(tiny_store, tmp_path):
     assert finished.returncode == 0, finished.stderr
     results = tmp_path / "results"
     evaluate = [sys.executable, "-m", "mrrobust.cli", "evaluate", str(run), "--data", str(tiny_store), "--out",
-                str(results), "--bootstrap", "0", "--device", "cpu", "--quiet"]
+                str(results), "--bootstrap", "20", "--device", "cpu", "--quiet"]
     process = subprocess.Popen(evaluate, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     if not wait_for("predictions/*/*/*.npy", results, process):
         pytest.fail(f"evaluate ended before its first prediction: {process.communicate()}")

@@ -423,7 +423,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(store, tmp_path):
     resumed = cli("--data", store, "--out", killed, *KILL_FLAGS, "--resume", quiet=False)
     out, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err[-3000:]
-    assert out.count("\n") == 1 and "6 epochs" in out, out  # progress bar on stderr, not here
+    # stdout (a pipe, not a terminal): one plain line per resumed epoch, then the summary; the bar is on stderr
+    lines = out.splitlines()
+    assert [line.split("]")[0] for line in lines[:-1]] == ["[train killed"] * 4 and "6 epochs" in lines[-1], out
     assert "Tip" not in err and "litlogger" not in err
     for name in ("metrics.csv", "operating_points.json", "model.safetensors"):
         assert (killed / name).read_bytes() == (straight / name).read_bytes(), name
