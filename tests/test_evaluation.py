@@ -113,7 +113,14 @@ def test_inputs_and_predictions_are_those_of_training(results, runs, tiny_store)
     clean = model_inputs(images, seeds, "clean", 0, "mrrobust")
     # |x / scale| vs |x| / scale: equal to float32 rounding (one ulp)
     torch.testing.assert_close(clean, magnitude, rtol=3e-7, atol=0)
-    noisy = corrupt(images, "noise", 5, seeds)[:, None]
+    # noise: one sigma per scan, from the volume's signal level over all its slices
+    from mrrobust.artifacts.kspace import volume_level
+
+    volumes = [i.rsplit(":", 1)[0] for i in complex_set.slice_ids]
+    level = {v: volume_level(images[[k for k, w in enumerate(volumes) if w == v]]) for v in set(volumes)}
+    levels = torch.tensor([level[v] for v in volumes], dtype=torch.float64)
+    noisy = corrupt(images, "noise", 5, seeds, reference=levels)[:, None]
+    assert not torch.equal(noisy, corrupt(images, "noise", 5, seeds)[:, None])  # per-slice sigma differs
     for name in ("batch", "layer"):
         model, _ = load(runs[name])
         with torch.inference_mode():

@@ -30,7 +30,7 @@ DEMO_SEEDS = (0, 1, 2)
 # artifact) and two image-domain ones, at three of the five severities
 DEMO_ARTIFACTS = ("noise", "motion", "bias_field", "contrast")
 DEMO_SEVERITIES = (1, 3, 5)
-DEMO = dict(volumes=96, slices=16, crop=32, lesion_scale=3.0, width=8, epochs=8, seed=0, bootstrap=200)
+DEMO = dict(volumes=96, slices=16, crop=32, lesion_scale=3.0, width=8, epochs=8, seed=0, bootstrap=2000)
 
 
 def check_demo(volumes: int, slices: int, crop: int, lesion_scale: float, width: int, epochs: int, seed: int,

@@ -522,27 +522,38 @@ def _load_models(runs: list[Run], where: Device, modes: list[str], store_scale: 
 
 
 def _clean_batches(dataset, batch_size: int, seed: int, device: torch.device) -> list:
-    """The split as `[(complex images (B, H, W) on the device, seeds int64 (B,) on the CPU)]`."""
+    """The split as `[(complex images (B, H, W) on the device, seeds int64 (B,) on the CPU,
+    levels float64 (B,) on the device)]`; `levels` = each slice's volume signal level
+    (`artifacts.kspace.volume_level` over all the volume's slices in the split: a scan has one
+    thermal noise sigma), passed to `corrupt(..., reference=)`."""
     from torch.utils.data import DataLoader
 
     from mrrobust.data.store import collate_slices, slice_seed
 
-    batches = []
+    batches, energy, count = [], {}, {}
     for images, _, ids in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_slices):
         seeds = torch.tensor([slice_seed(i, seed) for i in ids], dtype=torch.int64)
-        batches.append((images.to(device), seeds))
-    return batches
+        volumes = [i.rsplit(":", 1)[0] for i in ids]
+        power = torch.view_as_real(images).double().square().sum(dim=(1, 2, 3))  # |x|^2 per slice
+        for volume, p in zip(volumes, power.tolist()):
+            energy[volume] = energy.get(volume, 0.0) + p
+            count[volume] = count.get(volume, 0) + images[0].numel()
+        batches.append((images.to(device), seeds, volumes))
+    level = {v: math.sqrt(energy[v] / count[v]) for v in energy}  # = volume_level of the volume's slices
+    return [(images, seeds, torch.tensor([level[v] for v in volumes], dtype=torch.float64, device=device))
+            for images, seeds, volumes in batches]
 
 
 def model_inputs(images: torch.Tensor, seeds: torch.Tensor, artifact: str, severity: int,
-                 suite: str) -> torch.Tensor:
+                 suite: str, levels: torch.Tensor | None = None) -> torch.Tensor:
     """Complex `(B, H, W)` (already divided by the STORE scale) -> the model input
-    `(B, 1, H, W)` float32: the corrupted magnitude; "clean" (severity 0) is `|x|`."""
+    `(B, 1, H, W)` float32: the corrupted magnitude; "clean" (severity 0) is `|x|`. `levels`
+    `(B,)`: each slice's volume signal level (noise sigma per volume); None: per slice."""
     from mrrobust.artifacts import corrupt
 
     if artifact == CLEAN:
         return images.abs()[:, None]
-    return corrupt(images, artifact, severity, seeds, suite)[:, None]
+    return corrupt(images, artifact, severity, seeds, suite, reference=levels)[:, None]
 
 
 def _predict(model: torch.nn.Module, inputs: list[torch.Tensor], run: Run,
@@ -631,8 +642,8 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
                 if clean is None:  # read the split only when something is left to predict
                     clean = _clean_batches(dataset, batch_size, seed, where.device)
                 with torch.no_grad():
-                    inputs = [model_inputs(images, seeds, artifact, severity, suite)
-                              for images, seeds in clean]
+                    inputs = [model_inputs(images, seeds, artifact, severity, suite, levels)
+                              for images, seeds, levels in clean]
                 for run, mode, target in pending:
                     _predict_cell(run, mode, inputs, where, target, record_bn, bn_prior)
                 computed += len(pending)
