@@ -19,7 +19,8 @@ SEEDS = (0, 1, 2)  # three seeds per norm: an arm measures its training variance
 
 def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dict | None = None,
               evaluate_options: dict | None = None, reference_norm: str | None = None, progress: bool = True,
-              retrain: bool = False, dry_run: bool = False, cluster=None, shards: int = 1) -> dict:
+              retrain: bool = False, dry_run: bool = False, cluster=None, shards: int = 1,
+              parallel: int = 1) -> dict:
     """Train every norm x seed into `out/runs/<norm>-seed<k>`, evaluate them on the artifact
     grid into `out/results`, and report into `out/report`. `train_options` go to
     `training.train` (not norm, seed, resume), `evaluate_options` to `evaluation.evaluate`.
@@ -30,7 +31,9 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
     settings, are deleted and redone). `dry_run`: only the plan (and a time estimate), nothing
     written. `cluster` (an `executor.ClusterOptions`): the steps run as scheduler jobs instead
     of in this process (training jobs, then `shards` evaluation shards as one job array, then
-    the report; `_on_cluster`). Returns {"plan": plan} for a dry run, else {"runs": {name:
+    the report; `_on_cluster`). `parallel` > 1 (CPU training): that many runs train at once in
+    worker processes, each with cpu_count / parallel torch threads (`_train_in_workers`; the
+    small networks of a CPU benchmark do not scale over threads). Returns {"plan": plan} for a dry run, else {"runs": {name:
     best epoch row}, "results": evaluate's summary, "report": report's, "plan": plan}."""
     from mrrobust.evaluation import evaluate
     from mrrobust.report import report
@@ -41,6 +44,11 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
     quiet = train_options.pop("quiet", not progress)
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise MrRobustError(f"--shards {shards!r} must be a whole number >= 1")
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise MrRobustError(f"--parallel {parallel!r} must be a whole number >= 1")
+    if parallel > 1 and train_options.get("accelerator", "auto") != "cpu":
+        raise MrRobustError("--parallel trains several runs at once on the CPU only; pass --accelerator cpu, "
+                            "or use --devices for DDP on GPUs")
     the_plan = plan(store, out, norms, seeds, train_options=train_options, evaluate_options=evaluate_options)
     if cluster is not None:
         cluster.check()  # an executor that is not installed or configured: refused before any work
@@ -68,6 +76,9 @@ def benchmark(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options
                            cluster, shards)
     from mrrobust.progress import StepLog, logging_to_file
 
+    pending = [run for run in the_plan["runs"] if run["state"] != "finished"]
+    if parallel > 1 and len(pending) > 1:
+        _train_in_workers(pending, store, quiet, train_options, parallel, progress)
     steps = StepLog("benchmark", len(the_plan["runs"])) if progress and logging_to_file() else None
     runs = {}
     for run in the_plan["runs"]:
@@ -94,6 +105,47 @@ def train_job(store: Path, run: Path, norm: str, seed: int, quiet: bool, options
     run = Path(run)
     return train(store, run, norm, seed=seed, quiet=quiet, resume=(run / "checkpoints" / "last.ckpt").exists(),
                  **options)
+
+
+def _worker_start(threads: int) -> None:
+    """A training worker: `threads` torch threads; dies with the benchmark (Linux
+    PR_SET_PDEATHSIG), so a killed benchmark leaves no orphan writing its RUNs."""
+    import ctypes
+    import signal
+    import sys
+
+    import torch
+
+    torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _train_in_workers(runs: list[dict], store: Path, quiet: bool, options: dict, parallel: int,
+                      progress: bool) -> None:
+    """Train the planned `runs` (dicts of `plan`) `parallel` at a time in spawned worker
+    processes; each RUN is exactly what `train` in this process writes with that thread
+    count (same command, same bytes). Marks them finished in the plan."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    with ProcessPoolExecutor(min(parallel, len(runs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start, initargs=(threads,)) as pool:
+        futures = {}
+        for run in runs:
+            if progress:
+                print(f"train {run['norm']} norm, seed {run['seed']} -> {run['path']} (in a worker, "
+                      f"{threads} thread{'s' if threads > 1 else ''})", flush=True)
+            futures[run["name"]] = pool.submit(train_job, Path(store), Path(run["path"]), run["norm"], run["seed"],
+                                               quiet, options)
+        for run in runs:
+            futures[run["name"]].result()  # a worker's MrRobustError is raised here, as in this process
+            run["state"] = "finished"
 
 
 def _on_cluster(the_plan: dict, store: Path, out: Path, train_options: dict, evaluate_options: dict,

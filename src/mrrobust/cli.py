@@ -399,6 +399,7 @@ def benchmark(
     retrain: bool = typer.Option(False, "--retrain", help="Retrain the runs in --out made with other settings, and redo results/ and report/ made from other runs or settings (deletes that finished work)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (runs to train, cells to evaluate, what is finished) and a time estimate from throughput measured now; write nothing."),
     executor: Optional[str] = typer.Option(None, "--executor", help="Run the steps as scheduler jobs through submitit: local (subprocesses of this machine) or slurm (sbatch from a login node). Default: in this process."),
+    parallel: int = typer.Option(1, "--parallel", help="CPU training: train this many runs at once in worker processes (each with cores/parallel threads)."),
     shards: int = typer.Option(1, "--shards", help="With --executor: evaluation shards, one job each, submitted as one job array."),
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM partition."),
     slurm_account: Optional[str] = typer.Option(None, "--slurm-account", help="SLURM account."),
@@ -435,7 +436,8 @@ def benchmark(
     with contextlib.nullcontext() if dry_run else _lock(out, "benchmark"):
         result = run_benchmark(data, out, _names(norms), _integers(seeds, "--seeds"), train_options=train_options,
                                evaluate_options=evaluate_options, reference_norm=reference_arm, progress=not quiet,
-                               retrain=retrain, dry_run=dry_run, cluster=cluster, shards=shards)
+                               retrain=retrain, dry_run=dry_run, cluster=cluster, shards=shards,
+                               parallel=parallel)
     if dry_run:
         print("\n".join(plan_lines(result["plan"])))
         return
