@@ -104,3 +104,4 @@ def test_cli_refuses_bad_demo_and_synth_arguments_in_one_line(tmp_path):
         assert result.returncode == 2 and words in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()
+
