@@ -196,6 +196,10 @@ def _settings(results: Path) -> dict:
         raise MrRobustError(f"{path} is not valid JSON ({err}); re-run mrrobust evaluate") from None
     if not isinstance(settings, dict):
         raise MrRobustError(f"{path} holds no settings object; re-run mrrobust evaluate")
+    from mrrobust.contracts import RESULTS_VERSION, read_results_settings
+
+    if settings.get("version") == RESULTS_VERSION:  # the schema of the one validation layer;
+        read_results_settings(results)               # older folders (no arms) are read as before
     return settings
 
 
