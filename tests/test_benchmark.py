@@ -113,8 +113,14 @@ def test_benchmark_through_the_local_executor_with_shards(tiny_store, tmp_path, 
     assert (out / "runs" / "layer-seed0" / "model.safetensors").is_file()
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["1-of-2", "2-of-2"]
     assert Path(result["report"]["report"]).is_file() and (out / "report" / "results" / "arms.csv").is_file()
-    local = tmp_path / "local"
-    benchmark(tiny_store, local, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate, progress=False)
+    import torch
+
+    local, threads = tmp_path / "local", torch.get_num_threads()
+    torch.set_num_threads(1)  # as the jobs (OMP_NUM_THREADS=1): the same bits
+    try:
+        benchmark(tiny_store, local, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert ((local / "runs" / "layer-seed0" / "model.safetensors").read_bytes()
             == (out / "runs" / "layer-seed0" / "model.safetensors").read_bytes())
     for table in ("results.csv", "arms.csv", "arm_comparisons.csv"):

@@ -212,10 +212,12 @@ def test_operating_points_contract(tmp_path):
 
 
 def test_results_contracts(tmp_path):
-    settings = {"format": "mrrobust-results", "version": 1, "store": "s", "split": "test", "suite": "mrrobust",
+    settings = {"format": "mrrobust-results", "version": 2, "store": "s", "split": "test", "suite": "mrrobust",
                 "runs": [{"name": "batch-seed0", "path": "p", "norm": "batch", "seed": 0, "batch_norm": True,
-                          "weights": "0" * 32}],
-                "artifacts": ["noise"], "severities": [1], "bn_modes": ["eval"], "seed": 0, "bootstrap": 0,
+                          "bn_modes": ["eval", "tent"], "weights": "0" * 32}],
+                "arms": [{"name": "batch", "runs": ["batch-seed0"]}], "reference_arm": "batch",
+                "artifacts": ["noise"], "severities": [1], "bn_modes": ["eval", "tent"], "bn_prior": 16.0,
+                "threshold_from": "clean-val", "seed": 0, "bootstrap": 20,
                 "level": 0.95, "batch_size": 8, "device": "cpu", "precision": "32"}
     (tmp_path / "evaluation.json").write_text(json.dumps(settings))
     assert contracts.read_results_settings(tmp_path)["split"] == "test"
@@ -224,6 +226,12 @@ def test_results_contracts(tmp_path):
         contracts.read_results_settings(tmp_path)
     (tmp_path / "evaluation.json").write_text(json.dumps({**settings, "runs": []}))
     with pytest.raises(MrRobustError, match="field runs"):
+        contracts.read_results_settings(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps({**settings, "threshold_from": "test"}))
+    with pytest.raises(MrRobustError, match="field threshold_from"):
+        contracts.read_results_settings(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps({**settings, "version": 1}))  # before arms
+    with pytest.raises(MrRobustError, match="field version: input should be 2"):
         contracts.read_results_settings(tmp_path)
     header = ",".join(contracts.RESULT_COLUMNS)
     (tmp_path / "results.csv").write_text(f"{header}\nb,batch,0,eval,noise,1,mean,auc,0.5,,\n")

@@ -105,3 +105,41 @@ def test_cli_refuses_bad_demo_and_synth_arguments_in_one_line(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists() and not (tmp_path / "s").exists()
 
+
+
+def test_a_killed_demo_resumes_to_the_same_bytes(tmp_path):
+    """SIGKILL `mrrobust demo` while it trains and again while it evaluates; the same command then
+    ends with the weights and RESULTS tables of an uninterrupted demo."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import mrrobust
+
+    env = {**os.environ, "PYTHONPATH": str(Path(mrrobust.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "mrrobust.cli", "demo", "--out", str(out), "--volumes", "12", "--slices", "6",
+                "--epochs", "2", "--seeds", "0", "--bootstrap", "20", "--quiet"]
+
+    def kill_when(out: Path, pattern: str) -> None:
+        process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 240
+        while time.monotonic() < end and process.poll() is None and not list(out.glob(pattern)):
+            time.sleep(0.01)
+        assert process.poll() is None, f"the demo ended before {pattern} appeared"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=600)
+    kill_when(killed, "runs/*/checkpoints/last.ckpt")
+    kill_when(killed, "results/predictions/*/*/*.npy")
+    done = subprocess.run(command(killed), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name in [*(f"runs/{norm}-seed0/model.safetensors" for norm in DEMO_NORMS), "results/results.csv",
+                 "results/arms.csv", "results/arm_comparisons.csv", "store/slices.csv"]:
+        assert (whole / name).read_bytes() == (killed / name).read_bytes(), name
