@@ -10,29 +10,28 @@ from __future__ import annotations
 import numpy as np
 
 
-def _family(p) -> tuple[np.ndarray, np.ndarray]:
+def _adjust(p, step) -> np.ndarray:
+    """The finite entries of `p` (the family; NaN stays NaN, values outside [0, 1] refused)
+    adjusted by `step(sorted ascending (m,)) -> adjusted in that order (m,)`."""
     p = np.asarray(p, dtype=np.float64)
     finite = np.isfinite(p)
     if ((p[finite] < 0) | (p[finite] > 1)).any():
         raise ValueError("p-values must lie in [0, 1]")
-    return p, finite
+    out = np.full(p.shape, np.nan)
+    values = p[finite]
+    if values.size:
+        order = np.argsort(values, kind="stable")
+        adjusted = np.empty(values.size)
+        adjusted[order] = step(values[order])
+        out[finite] = adjusted
+    return out
 
 
 def holm(p) -> np.ndarray:
     """Holm (1979) adjusted p-values: with the m finite p sorted ascending, p_(i) becomes
     max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where adjusted <= alpha controls
     the family-wise error rate at alpha under any dependence."""
-    p, finite = _family(p)
-    out = np.full(p.shape, np.nan)
-    values = p[finite]
-    m = values.size
-    if m:
-        order = np.argsort(values, kind="stable")
-        stepped = np.minimum(1.0, (m - np.arange(m)) * values[order])
-        adjusted = np.empty(m)
-        adjusted[order] = np.maximum.accumulate(stepped)
-        out[finite] = adjusted
-    return out
+    return _adjust(p, lambda v: np.maximum.accumulate(np.minimum(1.0, (v.size - np.arange(v.size)) * v)))
 
 
 def benjamini_hochberg(p) -> np.ndarray:
@@ -40,14 +39,5 @@ def benjamini_hochberg(p) -> np.ndarray:
     min over j >= i of min(1, m p_(j) / j) (as `scipy.stats.false_discovery_control`, method
     "bh"). Rejecting where q <= alpha controls the false discovery rate at alpha for independent
     or positively dependent tests."""
-    p, finite = _family(p)
-    out = np.full(p.shape, np.nan)
-    values = p[finite]
-    m = values.size
-    if m:
-        order = np.argsort(values, kind="stable")
-        scaled = np.minimum(1.0, m * values[order] / np.arange(1, m + 1))
-        q = np.empty(m)
-        q[order] = np.minimum.accumulate(scaled[::-1])[::-1]
-        out[finite] = q
-    return out
+    return _adjust(p, lambda v: np.minimum.accumulate(
+        np.minimum(1.0, v.size * v / np.arange(1, v.size + 1))[::-1])[::-1])
