@@ -101,6 +101,32 @@ def test_noise_fields_are_independent_per_seed():
     assert stats.kstest(f[..., 0].flatten().numpy(), "norm").pvalue > 1e-3
 
 
+def test_noise_field_is_the_same_whatever_the_blocking_and_hash_backend(monkeypatch):
+    seeds = torch.tensor([0, 1, -7, 2**40, 2**62], dtype=torch.int64)
+    whole = rnd.complex_noise(seeds, "noise", (40, 24), "cpu")
+    monkeypatch.setattr(rnd, "_BLOCK", 100)  # pixel blocks that cut a slice (960 pixels) unevenly
+    assert torch.equal(whole, rnd.complex_noise(seeds, "noise", (40, 24), "cpu"))
+    monkeypatch.setattr(rnd, "_BLOCK", 4000)  # several slices per block
+    assert torch.equal(whole, rnd.complex_noise(seeds, "noise", (40, 24), "cpu"))
+    # the numpy uint32 hash (CPU) and the torch int32 hash (CUDA) give the same bits
+    counter = np.arange(2 * 960, dtype=np.uint32).reshape(2, 960)
+    keys = rnd.bits(seeds, "noise", 2)
+    a, c = rnd._int32(keys[:, 0] | 1)[:, None, None], rnd._int32(keys[:, 1])[:, None, None]
+    ours = rnd._hash_numpy(counter, a, c)
+    assert np.array_equal(ours, rnd._hash_torch(torch.from_numpy(counter.view(np.int32)), a, c).numpy())
+    assert 0 <= ours.min() and ours.max() < 2**24 and len(np.unique(ours)) > 0.99 * ours.size
+
+
+def test_magnitude_matches_hypot_over_the_whole_float32_range():
+    x = torch.randn(3, 16, 16, dtype=torch.complex64)
+    for scale in (1.0, 1e-30, 1e-10, 1e10, 1e30):
+        y = x * scale
+        expected = torch.hypot(y.real, y.imag)
+        got = kspace.magnitude(y)
+        assert bool(torch.isfinite(got).all()) and bool((expected > 0).all())
+        assert float(((got - expected).abs() / expected).max()) < 3e-7  # within ~2 ulp
+
+
 def test_noise_level_per_volume_and_without_overflow(real):
     volume = real[:6]
     level = kspace.volume_level(volume)
@@ -265,3 +291,14 @@ def test_physics_on_real_slices(real):
     top = diff.flatten(1).topk(count + 1, dim=1).values
     torch.testing.assert_close(top[:, :count], (relative * peaks)[:, None].expand(-1, count), rtol=1e-3, atol=0)
     assert bool((ssim(x.abs(), corrupt(x, "bias_field", 5, seeds)) < 1).all())
+
+
+def test_rigid_move_of_a_magnitude_resamples_one_channel_with_the_same_values(real):
+    x = real[:4].abs().to(torch.complex64)  # zero phase: a magnitude image
+    degrees, shifts = torch.tensor([0.0, 3.0, -5.0, 1.5]), torch.tensor([[0.0, 0.0], [1.5, -2.0], [0.3, 4.0], [-1.0, 0.0]])
+    two_channels = kspace.rigid_move(x, degrees, shifts)
+    one_channel = kspace.rigid_move(x.real.contiguous(), degrees, shifts)
+    assert not one_channel.is_complex() and torch.equal(two_channels.real, one_channel)
+    assert not bool(two_channels.imag.any())
+    phased = real[:4]
+    assert kspace.real_part_if_real(x).dtype == torch.float32 and kspace.real_part_if_real(phased) is phased
