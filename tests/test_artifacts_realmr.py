@@ -302,3 +302,26 @@ def test_rigid_move_of_a_magnitude_resamples_one_channel_with_the_same_values(re
     assert not bool(two_channels.imag.any())
     phased = real[:4]
     assert kspace.real_part_if_real(x).dtype == torch.float32 and kspace.real_part_if_real(phased) is phased
+
+
+def test_line_spectrum_is_the_fft_at_those_lines_and_motion_takes_either_path(real):
+    x = real[:5]
+    columns = torch.tensor([[0, 3, 63], [1, 2, 4], [10, 11, 40], [5, 5, 5], [62, 0, 31]])
+    for planes in (torch.view_as_real(x).permute(0, 3, 1, 2), x.abs().unsqueeze(1)):
+        image = planes[:, 0] if planes.shape[1] == 1 else x
+        expected = torch.fft.fft(image, dim=-1, norm="ortho").gather(-1, columns[:, None, :].expand(-1, 64, -1))
+        assert torch.allclose(kspace.line_spectrum(planes.contiguous(), columns), expected, atol=2e-6, rtol=1e-5)
+    # one movement of one shot (4 lines: the DFT path) gives the FFT path's image, and per sample
+    # the same bits whatever the batch around it
+    level = ARTIFACTS["motion"].ladder[1]
+    seeds = torch.tensor([3, 8, -1, 2**41, 17])
+    few = kspace.motion(x, level, seeds)
+    old = kspace.FEW_LINES
+    try:
+        kspace.FEW_LINES = 1  # 4 lines > 1: the FFT path
+        full_fft = kspace.motion(x, level, seeds)
+    finally:
+        kspace.FEW_LINES = old
+    assert torch.allclose(few, full_fft, atol=1e-5) and not torch.equal(few, x)
+    assert torch.equal(kspace.motion(x[[4, 1]], level, seeds[[4, 1]]), few[[4, 1]])
+    assert torch.equal(kspace.motion(x[2:3], level, seeds[2:3]), few[2:3])

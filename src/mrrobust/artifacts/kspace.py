@@ -263,17 +263,41 @@ def rigid_grid(degrees: torch.Tensor, shifts: torch.Tensor, h: int, w: int, devi
     return grid
 
 
-def rigid_move(x: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """`(B, H, W)` in the rigid pose (`rigid_grid`): bilinear resampling, zeros outside the field of
-    view. Complex x: the real and imaginary parts (two channels), complex out; real x (a
-    magnitude) resamples its one channel, real out (half the work)."""
+def resampled_planes(x: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """`(B, C, H, W)` float: x `(B, H, W)` in the rigid pose (`rigid_grid`), bilinear, zeros outside
+    the field of view; C = 2 (real, imaginary) for complex x, C = 1 for real x (a magnitude)."""
     h, w = x.shape[-2:]
     grid = rigid_grid(degrees, shifts, h, w, x.device)
-    resample = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    planes = torch.view_as_real(x).permute(0, 3, 1, 2) if x.is_complex() else x.unsqueeze(1)
+    return F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rigid_move(x: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """`(B, H, W)` in the rigid pose (`resampled_planes`): complex out for complex x, real out for
+    real x (one channel resampled: half the work)."""
+    moved = resampled_planes(x, degrees, shifts)
     if not x.is_complex():
-        return F.grid_sample(x.unsqueeze(1), grid, **resample)[:, 0]
-    moved = F.grid_sample(torch.view_as_real(x).permute(0, 3, 1, 2), grid, **resample)  # (B, 2, H, W)
+        return moved[:, 0]
     return torch.view_as_complex(moved.permute(0, 2, 3, 1).contiguous())
+
+
+def line_spectrum(planes: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """`(B, H, L)` complex: `fft_pe` of the image held in `planes` `(B, C, H, W)` (`resampled_planes`)
+    at the FFT columns `columns` `(B, L)` int64 only: an orthonormal DFT as two real matrix
+    products (phases from exact integer products mod W). Cheaper than the FFT for a few lines."""
+    b, c, h, w = planes.shape
+    phase = (torch.arange(w, device=columns.device)[None, :, None] * columns[:, None, :]) % w  # (B, W, L)
+    angle = phase.double() * (-2 * math.pi / w)
+    basis = torch.cat((torch.cos(angle), torch.sin(angle)), dim=-1).div_(math.sqrt(w)).to(planes.dtype)
+    by_cos, by_sin = torch.bmm(planes.reshape(b, c * h, w), basis).chunk(2, dim=-1)  # (B, C*H, L) each
+    if c == 1:
+        return torch.complex(by_cos, by_sin)
+    # (re + i im)(cos + i sin) = re cos - im sin + i (re sin + im cos)
+    return torch.complex(by_cos[:, :h] - by_sin[:, h:], by_sin[:, :h] + by_cos[:, h:])
+
+
+FEW_LINES = 8  # a pose holding at most 8 lines (two shots of echo train 4) gets them by `line_spectrum`'s
+#               8-column DFT (cheaper than the FFT of the image), more lines a full FFT
 
 
 def real_part_if_real(x: torch.Tensor) -> torch.Tensor:
@@ -340,15 +364,42 @@ def moving_acquisition(x: torch.Tensor, pose: torch.Tensor, degrees: torch.Tenso
 
     `pose` `(B, W)` int64 per centred line: 0 = the reference (clean) pose,
     m = the pose `degrees[:, m-1]`, `shifts[:, m-1]` (`(B, M)`, `(B, M, 2)` pixels).
-    One bilinear resampling and one 1-D FFT per pose, each over the whole batch."""
-    m = degrees.shape[1]
-    pick = pose[:, line_index(x.shape[-1])].to(x.device)  # (B, W) in FFT column order
+    One bilinear resampling per pose over the whole batch; its lines by a 1-D FFT, or by a DFT
+    of just those lines when they are few (`FEW_LINES`: one shot's lines of a TSE)."""
+    m, w = degrees.shape[1], x.shape[-1]
+    pick = pose[:, line_index(w)].to(x.device)  # (B, W) in FFT column order
     source = real_part_if_real(x)  # a magnitude image resamples one channel
     k = fft_pe(source)
+    limit = FEW_LINES
     for move in range(m):
-        moved_k = fft_pe(rigid_move(source, degrees[:, move], shifts[:, move]))
-        k = torch.where((pick == move + 1)[:, None, :], moved_k, k)
+        lines = pick == move + 1
+        count = lines.sum(dim=1)
+        if not bool(count.any()):
+            continue
+        planes = resampled_planes(source, degrees[:, move], shifts[:, move])
+        # each sample's path (and the DFT's width) depends on its own lines only: batch-independent bits
+        for chosen, replace in ((count <= limit, _replace_few_lines), ((count > limit), _replace_lines_by_fft)):
+            if bool(chosen.all()):
+                k = replace(k, planes, lines, limit)
+            elif bool(chosen.any()):
+                k[chosen] = replace(k[chosen], planes[chosen], lines[chosen], limit)
     return ifft_pe(k)
+
+
+def _replace_few_lines(k: torch.Tensor, planes: torch.Tensor, lines: torch.Tensor, limit: int) -> torch.Tensor:
+    """k `(B, H, W)` with the columns where `lines` `(B, W)` (at most `limit` per sample) replaced by
+    those of the image in `planes` (`line_spectrum`, always `limit` columns wide)."""
+    h = k.shape[-2]
+    columns = torch.argsort((~lines).to(torch.uint8), dim=1, stable=True)[:, :limit]  # the lines first
+    index = columns[:, None, :].expand(-1, h, -1)
+    used = (torch.arange(limit, device=k.device)[None, :] < lines.sum(dim=1)[:, None])[:, None, :]
+    return k.scatter(-1, index, torch.where(used, line_spectrum(planes, columns), k.gather(-1, index)))
+
+
+def _replace_lines_by_fft(k: torch.Tensor, planes: torch.Tensor, lines: torch.Tensor, limit: int) -> torch.Tensor:
+    """`_replace_few_lines` for any number of lines: the full `fft_pe` of the moved image."""
+    moved = planes[:, 0] if planes.shape[1] == 1 else torch.view_as_complex(planes.permute(0, 2, 3, 1).contiguous())
+    return torch.where(lines[:, None, :], fft_pe(moved), k)
 
 
 def segmented_acquisition(x: torch.Tensor, times: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
