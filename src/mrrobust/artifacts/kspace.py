@@ -140,18 +140,25 @@ def scale_lines(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def comb_lines(x: torch.Tensor, period: int, residue: torch.Tensor) -> torch.Tensor:
     """The part of x whose phase-encode lines are `line % period == residue` (`(B,)`, centred line
-    index), without an FFT when period divides W: the comb in k-space is the average of the
-    period's circular shifts by W / period, each with the phase exp(-2 pi i j q / period),
-    q = (residue - W // 2) mod period (the signed frequency's class)."""
+    index): `x - remove_comb(x, ...)` with weight 1 (see there)."""
+    return x - remove_comb(x, period, residue, torch.ones(x.shape[0], dtype=x.dtype, device=x.device))
+
+
+def remove_comb(x: torch.Tensor, period: int, residue: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x - weight * comb(x), comb(x) the part of x on the lines `line % period == residue`,
+    `weight` `(B,)` complex on x's device. Without an FFT when period divides W: the comb in
+    k-space is the average of the period's circular shifts by W / period, each with the phase
+    exp(-2 pi i j q / period), q = (residue - W // 2) mod period (the signed frequency's class),
+    so the result is x (1 - weight / period) plus weighted shifts: one multiply-add per shift."""
     width = x.shape[-1]
     if width % period:
         hit = (torch.arange(width)[None, :] - residue[:, None]) % period == 0
-        return scale_lines(x, hit.to(device=x.device, dtype=x.dtype))
+        return x - weight[:, None, None] * scale_lines(x, hit.to(device=x.device, dtype=x.dtype))
     q = ((residue - width // 2) % period).double()
-    out = x / period
+    out = x * (1 - weight / period)[:, None, None]
     for j in range(1, period):
-        phase = torch.polar(torch.full_like(q, 1.0 / period), -2 * math.pi * j * q / period)
-        out = out + _to_complex(phase, x)[:, None, None] * torch.roll(x, -j * width // period, -1)
+        phase = _to_complex(torch.polar(torch.full_like(q, 1.0 / period), -2 * math.pi * j * q / period), x)
+        out.addcmul_(-(weight * phase)[:, None, None], torch.roll(x, -j * width // period, -1))
     return out
 
 
@@ -171,13 +178,13 @@ def ghosting(x, level, seeds):
     shifts of W/P along phase encoding; P = 2 is the N/2 ghost (Haacke et al.,
     Magnetic Resonance Imaging: Physical Principles and Sequence Design, Wiley
     1999, ch. on artifacts). The seed fixes r and arg d; severity scales |d|, so
-    the ghost grows in place. Computed as x - d * comb(x) (`comb_lines`).
+    the ghost grows in place. Computed as x - d * comb(x) (`remove_comb`).
     """
     period, magnitude = level
     offset = rnd.integers(seeds, "ghosting-offset", period)
     phase = 2 * math.pi * rnd.uniform(seeds, "ghosting-phase")
     error = _to_complex(torch.polar(torch.full_like(phase, float(magnitude)), phase), x)
-    return x - error[:, None, None] * comb_lines(x, period, offset)
+    return remove_comb(x, period, offset, error)
 
 
 # ---- spike --------------------------------------------------------------------
@@ -296,8 +303,8 @@ def line_spectrum(planes: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return torch.complex(by_cos[:, :h] - by_sin[:, h:], by_sin[:, :h] + by_cos[:, h:])
 
 
-FEW_LINES = 8  # a pose holding at most 8 lines (two shots of echo train 4) gets them by `line_spectrum`'s
-#               8-column DFT (cheaper than the FFT of the image), more lines a full FFT
+FEW_LINES = 8  # CPU: a pose holding at most 8 lines (two shots of echo train 4) gets them by
+#               `line_spectrum`'s 8-column DFT (cheaper than the image's FFT), more lines a full FFT
 
 
 def real_part_if_real(x: torch.Tensor) -> torch.Tensor:
@@ -370,7 +377,7 @@ def moving_acquisition(x: torch.Tensor, pose: torch.Tensor, degrees: torch.Tenso
     pick = pose[:, line_index(w)].to(x.device)  # (B, W) in FFT column order
     source = real_part_if_real(x)  # a magnitude image resamples one channel
     k = fft_pe(source)
-    limit = FEW_LINES
+    limit = FEW_LINES if x.device.type == "cpu" else 0  # CUDA: the FFT (a batched GEMM's kernel may change with the batch)
     for move in range(m):
         lines = pick == move + 1
         count = lines.sum(dim=1)
@@ -389,6 +396,8 @@ def moving_acquisition(x: torch.Tensor, pose: torch.Tensor, degrees: torch.Tenso
 def _replace_few_lines(k: torch.Tensor, planes: torch.Tensor, lines: torch.Tensor, limit: int) -> torch.Tensor:
     """k `(B, H, W)` with the columns where `lines` `(B, W)` (at most `limit` per sample) replaced by
     those of the image in `planes` (`line_spectrum`, always `limit` columns wide)."""
+    if limit == 0:  # no lines to replace
+        return k
     h = k.shape[-2]
     columns = torch.argsort((~lines).to(torch.uint8), dim=1, stable=True)[:, :limit]  # the lines first
     index = columns[:, None, :].expand(-1, h, -1)
