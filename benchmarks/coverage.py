@@ -2,9 +2,10 @@
 
 Each replication draws a test set of V volumes x S slices and an arm of k runs (training
 seeds), and computes the two-level bootstrap of `mrrobust.arm_statistics` exactly as
-`evaluate` does (B replicates, 95% percentile intervals). It records whether the arm's interval
-covers the arm's true value (the mean over the population of seeds) and whether one run's
-interval (volumes resampled alone) covers that run's true value.
+`evaluate` does (B replicates, 95% intervals: percentile for the AUC, cluster-adjusted Wilson for
+sensitivity, specificity and balanced accuracy). It records whether the arm's interval covers the
+arm's true value (the mean over the population of seeds) and whether one run's interval (volumes
+resampled alone) covers that run's true value, and the intervals' mean widths (`width_*`).
 
 The simulation has a known truth. Per label: a volume is positive w.p. 0.5, then each of its
 slices w.p. 0.6 (positives cluster in volumes). A run's logit is z = beta_r * y + u_v + e:
@@ -13,7 +14,8 @@ shared by all runs), beta_r = beta + tau * N(0, 1) the run's (seed's) skill. Acr
 z_pos - z_neg ~ N(beta_r, 2 s^2) with s^2 = 0.49 + 1, so the population AUC of a run is
 Phi(beta_r / sqrt(2 s^2)) and its sensitivity at the threshold 0.5 (z > 0) is Phi(beta_r / s); the
 arm's truths are their means over seeds, Phi(beta / sqrt(2 s^2 + tau^2)) and
-Phi(beta / sqrt(s^2 + tau^2)). The four labels are independent copies, so the mean label's truth
+Phi(beta / sqrt(s^2 + tau^2)). A negative's logit u_v + e is symmetric about 0: specificity 0.5
+for every run, balanced accuracy (sensitivity + 0.5) / 2. The four labels are independent copies, so the mean label's truth
 equals each label's. The slice-level AUC of a finite test set also counts the pairs within one
 volume (about 1/V of all pairs), where the volume effect cancels: at small V it is biased
 upwards, and the coverage here is against the population value, bias included.
