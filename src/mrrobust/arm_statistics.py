@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
-from scipy.stats import norm
 
 from mrrobust.data.annotations import LABELS
 from mrrobust.multiplicity import benjamini_hochberg, holm
@@ -132,15 +132,17 @@ def wilson_intervals(point: np.ndarray, replicates: np.ndarray, sizes: np.ndarra
     if replicates.shape[0] < 2:
         return low, high
     finite, usable = _finite_enough(replicates)
-    count = finite.sum(axis=0)
-    values = np.where(finite, replicates, 0.0)
-    mean = values.sum(axis=0) / np.maximum(count, 1)
-    variance = (np.where(finite, replicates - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count - 1, 1)
+    if finite.all():
+        variance = replicates.var(axis=0, ddof=1)
+    else:
+        count = finite.sum(axis=0)
+        mean = np.where(finite, replicates, 0.0).sum(axis=0) / np.maximum(count, 1)
+        variance = (np.where(finite, replicates - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count - 1, 1)
     variance *= volumes / (volumes - 1) if volumes > 1 else 1.0
     spread = point * (1 - point)
     with np.errstate(divide="ignore", invalid="ignore"):
         n = np.minimum(np.where(variance > 0, spread / variance, np.inf), sizes)
-        z2 = norm.ppf(0.5 * (1 + level)) ** 2
+        z2 = NormalDist().inv_cdf(0.5 * (1 + level)) ** 2
         centre = (point + z2 / (2 * n)) / (1 + z2 / n)
         half = math.sqrt(z2) / (1 + z2 / n) * np.sqrt(spread / n + z2 / (4 * n * n))
     ok = usable & np.isfinite(point) & (n > 0)
@@ -273,12 +275,13 @@ class ArmStatistics:
         replicates): percentile; with `wilson` the columns of PROPORTIONS the cluster-adjusted
         Wilson interval (`wilson_intervals`, sizes `self.sizes`)."""
         lows, highs = intervals(stacked[1:], self.level)
-        width = len(COLUMN_LABELS)
-        for i, metric in enumerate(names):
-            if wilson and metric in PROPORTIONS:
-                columns = slice(i * width, (i + 1) * width)
-                lows[columns], highs[columns] = wilson_intervals(
-                    stacked[0, columns], stacked[1:, columns], self.sizes[metric], self.level, self.count)
+        proportions = [i for i, metric in enumerate(names) if metric in PROPORTIONS] if wilson else []
+        if proportions:
+            width = len(COLUMN_LABELS)
+            columns = np.concatenate([np.arange(i * width, (i + 1) * width) for i in proportions])
+            sizes = np.concatenate([self.sizes[names[i]] for i in proportions])
+            lows[columns], highs[columns] = wilson_intervals(
+                stacked[0, columns], stacked[1:, columns], sizes, self.level, self.count)
         return lows, highs
 
     def _write_run_rows(self, run, mode, artifact, severity, run_values) -> None:
