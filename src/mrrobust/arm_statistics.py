@@ -7,7 +7,8 @@ and, per arm and independently, the arm's k runs with replacement (k draws). A r
 is its metric on the volume-resampled test set; the arm's is the mean over all k runs plus
 sqrt(k / (k - 1)) times the deviation of the drawn runs' mean from it (so the seed level's
 bootstrap variance is the unbiased s^2 / k instead of (k - 1) s^2 / k^2: with 3 seeds the plain
-resampling under-covers, benchmarks/coverage.py), clipped to the metric's range [0, 1].
+resampling under-covers, benchmarks/coverage.py), clipped to the metric's range [0, 1] per label
+(the arm's mean label is the mean of its clipped labels).
 Replicate 0 is the point estimate: every volume once, every run once. Every derived quantity
 (means over cells, CE, retained fraction, gains) is computed per replicate from these, so its
 interval and p-value come from the same replicates. Intervals are percentile intervals of the
@@ -259,10 +260,11 @@ class ArmStatistics:
                     self._write_run_rows(run, mode, artifact, severity, run_values)
                     per_run.append(run_values)
                 weights = self.seed_weights[arm.name]
-                # every cell metric lies in [0, 1]; the scaled seed deviations may overshoot it
+                # every cell metric lies in [0, 1]; the scaled seed deviations may overshoot it:
+                # each label is clipped, then the mean label is the mean of the clipped labels
                 values[arm.name][mode] = {
-                    metric: np.clip(np.einsum("rk,krc->rc", weights,
-                                              np.stack([v[metric] for v in per_run])), 0.0, 1.0)
+                    metric: self._with_mean(np.clip(np.einsum(
+                        "rk,krc->rc", weights, np.stack([v[metric][:, :len(LABELS)] for v in per_run])), 0.0, 1.0))
                     for metric in CELL_METRICS}
             for run in arm.runs:
                 for mode in self.extra_modes[run]:
