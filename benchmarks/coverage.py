@@ -2,9 +2,10 @@
 
 Each replication draws a test set of V volumes x S slices and an arm of k runs (training
 seeds), and computes the two-level bootstrap of `mrrobust.arm_statistics` exactly as
-`evaluate` does (B replicates, 95% percentile intervals). It records whether the arm's interval
-covers the arm's true value (the mean over the population of seeds) and whether one run's
-interval (volumes resampled alone) covers that run's true value.
+`evaluate` does (B replicates, 95% intervals: percentile for the AUC, cluster-adjusted Wilson for
+sensitivity, specificity and balanced accuracy). It records whether the arm's interval covers the
+arm's true value (the mean over the population of seeds) and whether one run's interval (volumes
+resampled alone) covers that run's true value, and the intervals' mean widths (`width_*`).
 
 The simulation has a known truth. Per label: a volume is positive w.p. 0.5, then each of its
 slices w.p. 0.6 (positives cluster in volumes). A run's logit is z = beta_r * y + u_v + e:
@@ -13,7 +14,8 @@ shared by all runs), beta_r = beta + tau * N(0, 1) the run's (seed's) skill. Acr
 z_pos - z_neg ~ N(beta_r, 2 s^2) with s^2 = 0.49 + 1, so the population AUC of a run is
 Phi(beta_r / sqrt(2 s^2)) and its sensitivity at the threshold 0.5 (z > 0) is Phi(beta_r / s); the
 arm's truths are their means over seeds, Phi(beta / sqrt(2 s^2 + tau^2)) and
-Phi(beta / sqrt(s^2 + tau^2)). The four labels are independent copies, so the mean label's truth
+Phi(beta / sqrt(s^2 + tau^2)). A negative's logit u_v + e is symmetric about 0: specificity 0.5
+for every run, balanced accuracy (sensitivity + 0.5) / 2. The four labels are independent copies, so the mean label's truth
 equals each label's. The slice-level AUC of a finite test set also counts the pairs within one
 volume (about 1/V of all pairs), where the volume effect cancels: at small V it is biased
 upwards, and the coverage here is against the population value, bias included.
@@ -37,12 +39,17 @@ from mrrobust.arm_statistics import ArmRuns, ArmStatistics
 VOLUME_SD, SHARED = 0.7, 0.8  # volume effect sd; sqrt of the shared share of the slice noise
 POSITIVE_VOLUME, POSITIVE_SLICE = 0.5, 0.6
 THRESHOLD = 0.5
+ARM_KEYS = (("abnormal", "auc"), ("abnormal", "sensitivity"), ("mean", "auc"))
+RUN_KEYS = (("abnormal", "auc"), ("abnormal", "sensitivity"), ("mean", "auc"), ("mean", "sensitivity"),
+            ("abnormal", "specificity"), ("abnormal", "balanced_accuracy"))
 
 
 def truths(beta: float, tau: float) -> dict:
     s2 = VOLUME_SD**2 + 1.0
-    return {"auc": float(norm.cdf(beta / math.sqrt(2 * s2 + tau**2))),
-            "sensitivity": float(norm.cdf(beta / math.sqrt(s2 + tau**2)))}
+    sensitivity = float(norm.cdf(beta / math.sqrt(s2 + tau**2)))
+    # a negative's logit u_v + e is symmetric about the threshold 0: specificity 0.5 for every run
+    return {"auc": float(norm.cdf(beta / math.sqrt(2 * s2 + tau**2))), "sensitivity": sensitivity,
+            "specificity": 0.5, "balanced_accuracy": 0.5 * (sensitivity + 0.5)}
 
 
 def run_truths(beta_r: float) -> dict:
@@ -69,21 +76,22 @@ def replication(rng, volumes: int, slices: int, runs: int, beta: float, tau: flo
     arm_truth, run_truth = truths(beta, tau), run_truths(float(betas[0]))
     out = {}
     for row in statistics.arm_rows:
-        key = (row["label"], row["metric"])
-        if key in (("abnormal", "auc"), ("abnormal", "sensitivity"), ("mean", "auc")):
-            out[f"arm_{row['label']}_{row['metric']}"] = _covers(row, arm_truth[row["metric"]])
+        if (row["label"], row["metric"]) in ARM_KEYS:
+            out.update(_covers(f"arm_{row['label']}_{row['metric']}", row, arm_truth[row["metric"]]))
     for row in statistics.run_rows:
-        key = (row["label"], row["metric"])
-        if row["run"] == "r0" and key in (("abnormal", "auc"), ("abnormal", "sensitivity"), ("mean", "auc")):
-            out[f"run_{row['label']}_{row['metric']}"] = _covers(row, run_truth[row["metric"]])
+        if row["run"] == "r0" and (row["label"], row["metric"]) in RUN_KEYS:
+            out.update(_covers(f"run_{row['label']}_{row['metric']}", row, run_truth[row["metric"]]))
     out["dropped_share"] = statistics.statistics["mean_label"]["resamples_dropped"]["auc"] / bootstrap
     return out
 
 
-def _covers(row: dict, truth: float) -> float:
+def _covers(key: str, row: dict, truth: float) -> dict:
+    """{key: 1.0 if the interval covers `truth` else 0.0, width_key: its width}; NaN for an
+    undefined interval (counted apart)."""
     if math.isnan(row["ci_low"]):
-        return math.nan  # undefined interval: counted apart
-    return float(row["ci_low"] <= truth <= row["ci_high"])
+        return {key: math.nan, f"width_{key}": math.nan}
+    return {key: float(row["ci_low"] <= truth <= row["ci_high"]),
+            f"width_{key}": row["ci_high"] - row["ci_low"]}
 
 
 def main() -> None:
@@ -112,7 +120,7 @@ def main() -> None:
                 else:
                     finite = values[np.isfinite(values)]
                     summary[key] = round(float(finite.mean()), 3) if finite.size else None
-                    if finite.size < values.size:
+                    if finite.size < values.size and not key.startswith("width_"):
                         summary[f"{key}_undefined"] = int(values.size - finite.size)
             results.append(summary)
             print(json.dumps(summary), flush=True)

@@ -4,13 +4,15 @@ a known truth (a null of six seeds of one norm split into two arms)."""
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
-from scipy.stats import false_discovery_control
+from scipy.stats import binomtest, false_discovery_control, norm
 from sklearn.metrics import roc_auc_score
 
-from mrrobust.arm_statistics import (SEED_STREAM, ArmRuns, ArmStatistics, bootstrap_p, intervals)
+from mrrobust.arm_statistics import (SEED_STREAM, ArmRuns, ArmStatistics, bootstrap_p,
+                                     intervals, wilson_intervals)
 from mrrobust.data.annotations import LABELS
 from mrrobust.multiplicity import benjamini_hochberg, holm
 from mrrobust.resampling import ECE_BINS, CellStatistics, volume_counts
@@ -29,6 +31,11 @@ def clustered(volumes, slices=6, seed=0):
     effect = rng.normal(0, 0.7, (volumes, 4))[volume]
     shared = rng.normal(size=(volume.size, 4))
     return targets, np.array([f"file{v:04d}" for v in volume]), effect, shared
+
+
+def stable_seed(*key) -> int:
+    """A seed from a key, the same in every process (str hashes are salted per process)."""
+    return zlib.crc32(repr(key).encode())
 
 
 def run_scores(targets, effect, shared, strength, seed, own=0.6):
@@ -148,6 +155,80 @@ def test_intervals_and_p_values_against_numpy_and_a_loop():
 # ---- the two-level bootstrap ------------------------------------------------------------------
 
 
+# ---- per-run intervals of proportions ---------------------------------------------------------
+
+
+def scipy_wilson(k, n, level=0.95):
+    interval = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return interval.low, interval.high
+
+
+@pytest.mark.parametrize("k, n", [(9, 10), (27, 30), (50, 100), (3, 40), (40, 40), (0, 25)])
+def test_wilson_interval_at_the_binomial_variance_is_scipys(k, n):
+    """Replicates whose (V / (V - 1) scaled) variance is p (1 - p) / n give n_eff = n: the plain
+    Wilson interval of k successes in n, as scipy's; at p = 0 or 1 (no spread) n_eff = sizes."""
+    p, volumes = k / n, 20
+    signs = np.tile([1.0, -1.0], 50)  # mean 0, sample variance 100 / 99
+    spread = math.sqrt(p * (1 - p) / n * (volumes - 1) / volumes * 99 / 100)
+    replicates = (p + spread * signs)[:, None]
+    low, high = wilson_intervals(np.array([p]), replicates, np.array([float(n)]), 0.95, volumes)
+    assert (low[0], high[0]) == pytest.approx(scipy_wilson(k, n), abs=1e-12)
+    # a larger size cap changes nothing where the variance sets n_eff; a smaller one binds
+    if 0 < k < n:
+        assert wilson_intervals(np.array([p]), replicates, np.array([1e9]), 0.95, volumes)[0][0] == pytest.approx(low[0], abs=1e-12)
+        capped = wilson_intervals(np.array([p]), replicates, np.array([n / 4]), 0.95, volumes)
+        assert capped[0][0] < low[0] and capped[1][0] > high[0]
+
+
+def test_wilson_interval_without_clusters_is_the_binomial_one_and_nan_where_undefined():
+    """One slice per volume: the volume bootstrap's variance (scaled by V / (V - 1)) estimates
+    p (1 - p) / n, so the interval is close to scipy's Wilson interval of k in n."""
+    rng = np.random.default_rng(5)
+    n, k = 60, 51
+    hits = np.zeros(n)
+    hits[rng.permutation(n)[:k]] = 1
+    counts, _ = volume_counts(np.arange(n), 20000, 3)
+    replicates = (counts @ hits / n)[:, None]
+    low, high = wilson_intervals(np.array([k / n]), replicates, np.array([float(n)]), 0.95, n)
+    assert (low[0], high[0]) == pytest.approx(scipy_wilson(k, n), abs=0.004)
+    nan = wilson_intervals(np.array([math.nan, 0.5]), np.full((10, 2), math.nan), np.ones(2) * 9, 0.95, 5)
+    assert np.isnan(nan).all()
+
+
+def test_run_proportion_intervals_cover_a_known_truth_where_percentile_intervals_miss():
+    """A simulation with a known truth: 10 volumes of 6 slices (positives clustered in volumes,
+    a volume effect), sensitivity Phi(1.5 / sqrt(1.49)) = 0.89 at the threshold 0.5; 300
+    replications x 4 independent labels. The per-run rows' sensitivity interval (cluster-adjusted
+    Wilson) covers it >= 0.9 of the time; the percentile interval of the same replicates, below
+    0.8. The AUC rows keep the percentile interval."""
+    truth = norm.cdf(1.5 / math.sqrt(0.7**2 + 1))
+    wilson_hits, percentile_hits, widths = [], [], []
+    for replication in range(300):
+        targets, volumes, effect, shared = clustered(10, seed=100 + replication)
+        scores = {("r", "eval", "clean", 0): run_scores(targets, effect, shared, 1.5, replication)}
+        statistics = tables([ArmRuns("arm", ["r"], ["eval"])], scores, targets, volumes, replicates=200,
+                            artifacts=(), severities=(), seed=replication)
+        rows = {(r["label"], r["metric"]): r for r in statistics.run_rows}
+        counts, volume = volume_counts(volumes, 200, replication)
+        replicates = CellStatistics.of(targets, scores[("r", "eval", "clean", 0)], np.full(4, 0.5), volume,
+                                       10).replicates(counts)
+        low, high = intervals(replicates["sensitivity"], 0.95)
+        auc_low, auc_high = intervals(replicates["auc"], 0.95)
+        for k, label in enumerate(LABELS):
+            row = rows[(label, "sensitivity")]
+            if math.isnan(row["value"]):
+                continue  # no positive volume
+            wilson_hits.append(row["ci_low"] <= truth <= row["ci_high"])
+            percentile_hits.append(low[k] <= truth <= high[k])
+            widths.append((row["ci_high"] - row["ci_low"], high[k] - low[k]))
+            auc = rows[(label, "auc")]
+            assert (auc["ci_low"], auc["ci_high"]) == pytest.approx((auc_low[k], auc_high[k]), abs=1e-12, nan_ok=True)
+    wilson_width, percentile_width = np.mean(widths, axis=0)
+    assert len(wilson_hits) > 1000
+    assert np.mean(wilson_hits) >= 0.9 > 0.8 > np.mean(percentile_hits)
+    assert percentile_width < wilson_width < 2 * percentile_width  # wider, not absurdly
+
+
 def tables(arm_runs, scores, targets, volumes, replicates=200, artifacts=("blur",), severities=(1, 2),
            reference=None, resample_volumes=True, seed=0, thresholds=None):
     runs = {run: ("batch", i) for arm in arm_runs for i, run in enumerate(arm.runs)}
@@ -169,7 +250,7 @@ def simulate_cells(runs, targets, effect, shared, strengths, modes=("eval",), ar
                 for severity in ((0,) if artifact == "clean" else severities):
                     strength = strengths[run] - drop * severity
                     scores[(run, mode, artifact, severity)] = run_scores(targets, effect, shared,
-                                                                         strength, hash((run, mode, artifact, severity)) % 997)
+                                                                         strength, stable_seed(run, mode, artifact, severity) % 997)
     return scores
 
 
@@ -179,7 +260,7 @@ def test_arm_replicates_are_the_mean_over_drawn_seeds_on_drawn_volumes():
     counts from volume_counts(seed), each arm's seed draws from default_rng([seed, SEED_STREAM])
     in arm order; with scikit-learn's weighted AUC of each run on the resampled volumes, the arm
     AUC = mean over all k runs + sqrt(k / (k - 1)) x (mean over the drawn runs - that mean),
-    clipped to [0, 1]."""
+    clipped to [0, 1], and its percentile interval; the arm sensitivity's Wilson interval."""
     targets, volumes, effect, shared = clustered(12, seed=5)
     arms = [ArmRuns("a", ["a0", "a1", "a2"], ["eval"]), ArmRuns("b", ["b0", "b1"], ["eval"])]
     strengths = {"a0": 1.0, "a1": 1.6, "a2": 2.2, "b0": 0.8, "b1": 1.4}
@@ -208,6 +289,26 @@ def test_arm_replicates_are_the_mean_over_drawn_seeds_on_drawn_volumes():
             assert row["value"] == pytest.approx(point, abs=1e-12)
             assert row["ci_low"] == pytest.approx(np.nanpercentile(expected[arm.name][:, k], 2.5), abs=1e-12)
             assert row["ci_high"] == pytest.approx(np.nanpercentile(expected[arm.name][:, k], 97.5), abs=1e-12)
+    # sensitivity at 0.5: the Wilson score interval, the roots of (p - x)^2 = z^2 x (1 - x) / n_eff,
+    # n_eff = p (1 - p) / (V / (V - 1) x the replicates' variance), at most the positives
+    def arm_sensitivity(arm, b, k):
+        weight, positive = counts[b][volume], targets[:, k]
+        values = [np.sum(weight * positive * (scores[(run, "eval", "clean", 0)][:, k] >= 0.5)) / np.sum(weight * positive)
+                  for run in arm.runs]
+        drawn = np.mean([values[r] for r in draws[arm.name][b]])
+        n = len(arm.runs)
+        return np.clip(np.mean(values) + np.sqrt(n / (n - 1)) * (drawn - np.mean(values)), 0, 1)
+
+    z2 = norm.ppf(0.975) ** 2
+    for arm in arms:
+        for k, label in enumerate(LABELS):
+            row = rows[(arm.name, label, "sensitivity")]
+            with np.errstate(invalid="ignore"):  # a resample without positives: NaN, left out
+                values = np.array([arm_sensitivity(arm, b, k) for b in range(replicates)])
+            p, variance = row["value"], np.nanvar(values, ddof=1) * 12 / 11
+            n = min(p * (1 - p) / variance if variance > 0 else np.inf, targets[:, k].sum())
+            low, high = np.sort(np.roots([1 + z2 / n, -(2 * p + z2 / n), p * p]).real)
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-9)
     difference = expected["b"].mean(axis=1) - expected["a"].mean(axis=1)
     difference = difference[np.isfinite(difference)]
     row = next(r for r in statistics.comparison_rows if r["label"] == "mean" and r["metric"] == "auc")
@@ -276,7 +377,7 @@ def test_relative_ce_is_undefined_where_the_reference_does_not_degrade_and_mce_a
                 # "flat" leaves the reference exactly as clean: a zero drop
                 drop = 0.0 if (artifact in ("clean",) or (artifact == "flat" and run == "ref")) else 0.6 * severity
                 scores[(run, "eval", artifact, severity)] = run_scores(
-                    targets, effect, shared, runs[run] - drop, 0 if (run == "ref" and drop == 0) else hash((run, artifact, severity)) % 99)
+                    targets, effect, shared, runs[run] - drop, 0 if (run == "ref" and drop == 0) else stable_seed(run, artifact, severity) % 99)
     arms = [ArmRuns("ref", ["ref"], ["eval"]), ArmRuns("other", ["other"], ["eval"])]
     statistics = tables(arms, scores, targets, volumes, artifacts=("blur", "flat"), reference="ref")
     rows = {(r["arm"], r["artifact"], r["metric"]): r for r in statistics.arm_rows if r["label"] == "mean"}

@@ -7,15 +7,22 @@ and, per arm and independently, the arm's k runs with replacement (k draws). A r
 is its metric on the volume-resampled test set; the arm's is the mean over all k runs plus
 sqrt(k / (k - 1)) times the deviation of the drawn runs' mean from it (so the seed level's
 bootstrap variance is the unbiased s^2 / k instead of (k - 1) s^2 / k^2: with 3 seeds the plain
-resampling under-covers, benchmarks/coverage.py), clipped to the metric's range [0, 1].
+resampling under-covers, benchmarks/coverage.py), clipped to the metric's range [0, 1] per label
+(the arm's mean label is the mean of its clipped labels).
 Replicate 0 is the point estimate: every volume once, every run once. Every derived quantity
 (means over cells, CE, retained fraction, gains) is computed per replicate from these, so its
 interval and p-value come from the same replicates. Intervals are percentile intervals of the
-finite replicates; p-values are two-sided: twice the share of finite replicates on the other side
-of 0 (0 included), floored at 1 / (finite replicates). Both are NaN when fewer than half the
-replicates are finite. A ratio (retained fraction, relative CE, share of the loss recovered) is
-NaN, never a huge number, unless its denominator's interval lies wholly above its null (clean AUC
-above 0.5, the reference's drop above 0, the loss above 0).
+finite replicates, except those of sensitivity, specificity and balanced accuracy (runs in
+results.csv and arms in arms.csv, volumes resampled): a cluster-adjusted Wilson interval
+(`wilson_intervals`: the Wilson score interval at the effective sample size given by the
+replicates' variance), because with ~15 positive volumes and a sensitivity near 0.9 a run's
+percentile interval covered 0.86 at nominal 0.95 (benchmarks/coverage.py, 30 volumes).
+Differences (arm_comparisons.csv) keep percentile intervals. p-values are two-sided: twice the
+share of finite replicates on the other side of 0 (0 included), floored at 1 / (finite
+replicates). Both are NaN when fewer than half the replicates are finite. A ratio (retained
+fraction, relative CE, share of the loss recovered) is NaN, never a huge number, unless its
+denominator's interval lies wholly above its null (clean AUC above 0.5, the reference's drop
+above 0, the loss above 0).
 
 Labels: the four of LABELS and `mean`, the mean over the FIXED label set (the labels with a
 positive and a negative slice in the evaluated split that every evaluated model predicts: a
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
@@ -48,6 +56,7 @@ ALL = "all"
 CLEAN = "clean"
 COLUMN_LABELS = (*LABELS, MEAN)
 RUN_METRICS = ("auc", "sensitivity", "specificity", "balanced_accuracy")  # results.csv
+PROPORTIONS = ("sensitivity", "specificity", "balanced_accuracy")  # Wilson intervals (volumes resampled)
 MEAN_ONLY = ("ce", "relative_ce", "degradation", "mce", "relative_mce", "recovered")
 DEGRADATION_BASE = 2.0 / 3.0
 SEED_STREAM = 0x5EED  # the seed draws' generator: default_rng([seed, SEED_STREAM])
@@ -106,6 +115,43 @@ def intervals(replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndar
     return low, high
 
 
+def wilson_intervals(point: np.ndarray, replicates: np.ndarray, sizes: np.ndarray, level: float,
+                     volumes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster-adjusted Wilson score interval per column of a proportion (or a mean of
+    proportions) estimated from clustered slices: the Wilson score interval (Wilson 1927, JASA
+    22:209) at the effective sample size n_eff = p (1 - p) / v, i.e. n divided by Kish's design
+    effect v / (p (1 - p) / n); p the point `(C,)`, v the variance of the finite bootstrap
+    `replicates` `(B, C)` times V / (V - 1) (V = `volumes`: the bootstrap variance of a mean over
+    V resampled volumes is (V - 1) / V of the unbiased one). n_eff is at most `sizes` `(C,)` (the
+    slices the estimate is over: design effect >= 1) and equals it where v is 0 (p = 0 or 1).
+    Unlike a percentile interval it reaches away from the boundary when p is near 0 or 1.
+    NaN where p is NaN or fewer than half the replicates are finite."""
+    point = np.asarray(point, dtype=np.float64)
+    replicates = np.asarray(replicates, dtype=np.float64)
+    low = np.full(point.shape, math.nan)
+    high = low.copy()
+    if replicates.shape[0] < 2:
+        return low, high
+    finite, usable = _finite_enough(replicates)
+    if finite.all():
+        variance = replicates.var(axis=0, ddof=1)
+    else:
+        count = finite.sum(axis=0)
+        mean = np.where(finite, replicates, 0.0).sum(axis=0) / np.maximum(count, 1)
+        variance = (np.where(finite, replicates - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count - 1, 1)
+    variance *= volumes / (volumes - 1) if volumes > 1 else 1.0
+    spread = point * (1 - point)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.minimum(np.where(variance > 0, spread / variance, np.inf), sizes)
+        z2 = NormalDist().inv_cdf(0.5 * (1 + level)) ** 2
+        centre = (point + z2 / (2 * n)) / (1 + z2 / n)
+        half = math.sqrt(z2) / (1 + z2 / n) * np.sqrt(spread / n + z2 / (4 * n * n))
+    ok = usable & np.isfinite(point) & (n > 0)
+    low[ok] = np.maximum(centre - half, 0.0)[ok]
+    high[ok] = np.minimum(centre + half, 1.0)[ok]
+    return low, high
+
+
 def bootstrap_p(point: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     """Two-sided bootstrap p per column: 2 x the share of finite replicates on the other side
     of 0 from `point` (0 included), floored at 1 / (finite replicates), at most 1; 1 where the
@@ -154,6 +200,7 @@ class ArmStatistics:
         self.labels = [k for k in range(len(LABELS))
                        if self.targets[:, k].any() and not self.targets[:, k].all()
                        and all(mask[k] for mask in self.present.values())]
+        self.sizes = _independent_sizes(self.targets, self.labels)
         if resample_volumes:
             counts, self.volume = volume_counts(np.asarray(volumes), replicates, seed)
         else:
@@ -213,10 +260,11 @@ class ArmStatistics:
                     self._write_run_rows(run, mode, artifact, severity, run_values)
                     per_run.append(run_values)
                 weights = self.seed_weights[arm.name]
-                # every cell metric lies in [0, 1]; the scaled seed deviations may overshoot it
+                # every cell metric lies in [0, 1]; the scaled seed deviations may overshoot it:
+                # each label is clipped, then the mean label is the mean of the clipped labels
                 values[arm.name][mode] = {
-                    metric: np.clip(np.einsum("rk,krc->rc", weights,
-                                              np.stack([v[metric] for v in per_run])), 0.0, 1.0)
+                    metric: self._with_mean(np.clip(np.einsum(
+                        "rk,krc->rc", weights, np.stack([v[metric][:, :len(LABELS)] for v in per_run])), 0.0, 1.0))
                     for metric in CELL_METRICS}
             for run in arm.runs:
                 for mode in self.extra_modes[run]:
@@ -224,11 +272,27 @@ class ArmStatistics:
                         run, scores(run, mode, artifact, severity), thresholds(run, mode, artifact, severity)))
         return values
 
+    def _intervals(self, stacked: np.ndarray, names, wilson: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Intervals of `(R, len(names) * 5)` side-by-side metrics (row 0 the point, then the
+        replicates): percentile; with `wilson` the columns of PROPORTIONS the cluster-adjusted
+        Wilson interval (`wilson_intervals`, sizes `self.sizes`)."""
+        lows, highs = intervals(stacked[1:], self.level)
+        proportions = [i for i, metric in enumerate(names) if metric in PROPORTIONS] if wilson else []
+        if proportions:
+            width = len(COLUMN_LABELS)
+            columns = np.concatenate([np.arange(i * width, (i + 1) * width) for i in proportions])
+            sizes = np.concatenate([self.sizes[names[i]] for i in proportions])
+            lows[columns], highs[columns] = wilson_intervals(
+                stacked[0, columns], stacked[1:, columns], sizes, self.level, self.count)
+        return lows, highs
+
     def _write_run_rows(self, run, mode, artifact, severity, run_values) -> None:
         norm, seed = self.run_info[run]
         stacked = np.concatenate([run_values[metric] for metric in RUN_METRICS], axis=1)
-        lows, highs = (intervals(stacked[1:], self.level) if self.resample_volumes
-                       else (np.full(stacked.shape[1], math.nan),) * 2)
+        if self.resample_volumes:
+            lows, highs = self._intervals(stacked, RUN_METRICS, wilson=True)
+        else:
+            lows = highs = np.full(stacked.shape[1], math.nan)
         width = len(COLUMN_LABELS)
         for m, metric in enumerate(RUN_METRICS):
             replicates = run_values[metric]
@@ -251,7 +315,7 @@ class ArmStatistics:
         single = self._fixed(arm)
         names = list(metrics)
         stacked = np.concatenate([metrics[m] for m in names], axis=1)
-        lows, highs = intervals(stacked[1:], self.level)
+        lows, highs = self._intervals(stacked, names, wilson=self.resample_volumes)
         width = len(COLUMN_LABELS)
         for i, metric in enumerate(names):
             for c, label in enumerate(COLUMN_LABELS):
@@ -427,7 +491,7 @@ class ArmStatistics:
                 "level": self.level, "ece_bins": ECE_BINS,
                 "mean_label": {"labels": [LABELS[k] for k in self.labels],
                                "resamples_dropped": dict(self.dropped), "of": replicates},
-                "families": FAMILIES}
+                "families": FAMILIES, "intervals": INTERVALS}
 
 
 FAMILIES = ("Holm (family-wise) and Benjamini-Hochberg (false discovery rate) within families: "
@@ -436,6 +500,30 @@ FAMILIES = ("Holm (family-wise) and Benjamini-Hochberg (false discovery rate) wi
             "severity all) per the same key over the artifacts; overall rows (artifact clean or "
             "all) per comparison kind, bn_mode_a, bn_mode_b, artifact, severity, label, metric over "
             "the arm pairs (the primary endpoint: over the arms compared with the reference)")
+
+
+INTERVALS = ("percentile intervals of the bootstrap replicates, except sensitivity, specificity "
+             "and balanced accuracy of runs and arms with volumes resampled: the Wilson score "
+             "interval at the effective sample size p(1 - p) / v (v the replicates' variance x "
+             "V / (V - 1), V test volumes), at most the slices the estimate is over")
+
+
+def _independent_sizes(targets: np.ndarray, labels: list[int]) -> dict[str, np.ndarray]:
+    """{metric of PROPORTIONS: `(5,)` per column label}: the largest sample size of its Wilson
+    interval, the effective size the estimate would have were its slices independent.
+    Sensitivity: the positives P; specificity: the negatives Q; a mean of m proportions of sizes
+    n_i (balanced accuracy, the label mean over `labels`): m^2 / sum(1 / n_i), the size whose
+    binomial variance equals the mean's at equal proportions."""
+    positives = targets.sum(axis=0).astype(np.float64)
+    classes = np.stack([positives, targets.shape[0] - positives])  # (2, 4)
+
+    def mean_of(sizes: np.ndarray) -> float:
+        with np.errstate(divide="ignore"):
+            return sizes.size**2 / np.sum(1.0 / sizes) if sizes.size else math.nan
+
+    parts = {"sensitivity": classes[:1], "specificity": classes[1:], "balanced_accuracy": classes}
+    return {metric: np.append([mean_of(label) for label in parts[metric].T],
+                              mean_of(parts[metric][:, labels].ravel())) for metric in PROPORTIONS}
 
 
 def _ratio(numerator, denominator) -> np.ndarray:
