@@ -182,7 +182,8 @@ def header(res: Results, arms_not_learned: dict) -> Section:
                + (f"the FPR > 0.25 fallback rule was used in {len(fallback)} case(s)" if isinstance(fallback, list)
                 else "use of the FPR > 0.25 fallback rule not recorded"),
                (f"intervals: B = {b} bootstrap replicates ({'seeds within each arm and ' if not res.from_runs else ''}"
-                f"test volumes, the volumes shared by every run and cell), {100 * level:g}% percentile; smallest "
+                f"test volumes, the volumes shared by every run and cell), {100 * level:g}%: "
+                f"{statistics.get('intervals', 'percentile intervals of the bootstrap replicates')}; smallest "
                 f"attainable p {num(st.smallest_p(res), 4)}" if b else "intervals: none (evaluated without bootstrap)"),
                "mean label over " + (", ".join(mean_label.get("labels", [])) or "the labels") + "; resamples dropped: "
                + (", ".join(f"{k} {v} of {mean_label.get('of', b)}" for k, v in dropped.items()) or "none"),
