@@ -95,16 +95,19 @@ def volume_level(volume) -> float:
 
 
 def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str) -> torch.Tensor:
-    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel (`random.normal_blocks`); sigma
+    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel (`random.for_each_normal_block`); sigma
     `(B,)`. The multiply-add is done block by block while the draws are in cache."""
     batch, n = x.shape[0], x.shape[-2] * x.shape[-1]
     planes = torch.view_as_real(x).reshape(batch, n, 2)
     result = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     out = torch.view_as_real(result).view(batch, n, 2)
     sigma = sigma.to(device=x.device, dtype=planes.dtype)[:, None]
-    for rows, pixels, re, im in rnd.normal_blocks(seeds, name, n, x.device):
+
+    def add(rows, pixels, re, im):
         for part, noise in ((0, re), (1, im)):
             torch.addcmul(planes[rows, pixels, part], sigma[rows], noise, out=out[rows, pixels, part])
+
+    rnd.for_each_normal_block(seeds, name, n, x.device, add)
     return result
 
 

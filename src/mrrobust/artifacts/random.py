@@ -23,7 +23,9 @@ salted `hash`.
 from __future__ import annotations
 
 import math
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -113,13 +115,28 @@ def _lowbias32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return x
 
 
-_BLOCK = 2**15  # CPU: pixels hashed at once (their int32 counters and scratch, 512 KiB, stay in L2); CUDA: all
+_BLOCK = 2**14  # CPU: pixels per block: its counters (32,768) stay in L2 and below torch's intra-op grain
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
 
-def normal_blocks(seeds: torch.Tensor, name: str, n: int, device):
-    """Yield `(rows, pixels, re, im)`: i.i.d. N(0, 1) real and imaginary parts `(k, m)` float32 of
-    the samples `rows` and the pixels `pixels` (two slices) of a `(B, n)` complex field, block by
-    block, identical on every device and whatever the blocking.
+def _workers() -> ThreadPoolExecutor | None:
+    """The CPU block workers: a thread pool of torch.get_num_threads() threads (numpy's ufuncs and
+    torch's ops release the GIL), made again in a forked child or when the count changes; None
+    for one thread."""
+    global _POOL
+    workers = torch.get_num_threads()
+    if workers <= 1:
+        return None
+    if _POOL is None or _POOL[:2] != (os.getpid(), workers):
+        _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="mrrobust-noise"))
+    return _POOL[2]
+
+
+def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, device, consume) -> None:
+    """Call `consume(rows, pixels, re, im)` for every block of a `(B, n)` complex N(0, 1) field:
+    `re`, `im` `(k, m)` float32 the real and imaginary parts of the samples `rows` and the pixels
+    `pixels` (two slices). Identical bits on every device and whatever the blocking. On the CPU the
+    blocks run on `_workers()` threads, so `consume` must write only its own block.
 
     Counter-based: pixel p's two uniforms are hashes of counters p and n + p
     under the sample's keys (see the module docstring), turned into a complex
@@ -129,29 +146,35 @@ def normal_blocks(seeds: torch.Tensor, name: str, n: int, device):
     keys = bits(seeds, name, 2)
     multiplier = _int32(keys[:, 0] | 1)[:, None, None]
     increment = _int32(keys[:, 1])[:, None, None]
-    if device.type == "cuda":
-        multiplier, increment = multiplier.to(device), increment.to(device)
     batch = seeds.shape[0]
-    if device.type == "cuda":
-        rows_step, pixel_step = batch, n
-    else:
-        pixel_step = min(n, _BLOCK)
-        rows_step = max(1, _BLOCK // n) if pixel_step == n else 1
     halves = np.array([[0], [n]], dtype=np.uint32)  # (2, 1): u1's and u2's counters
-    base = np.arange(pixel_step, dtype=np.uint32)
-    for lo in range(0, batch, rows_step):
-        rows = slice(lo, min(lo + rows_step, batch))
-        for p0 in range(0, n, pixel_step):
-            pixels = slice(p0, min(p0 + pixel_step, n))
-            counter = (base[: pixels.stop - p0] + np.uint32(p0))[None, :] + halves  # (2, m)
-            if device.type == "cuda":
-                top = _hash_torch(torch.from_numpy(counter.view(np.int32)).to(device), multiplier[rows], increment[rows])
-            else:
-                top = torch.from_numpy(_hash_numpy(counter, multiplier[rows], increment[rows]))
-            u = top.to(torch.float32).add_(0.5).mul_(2.0**-24)
-            radius = u[:, 0].log_().mul_(-2.0).sqrt_()
-            angle = u[:, 1].mul_(2 * math.pi)
-            yield rows, pixels, torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)
+
+    def block(rows: slice, pixels: slice) -> None:
+        counter = np.arange(pixels.start, pixels.stop, dtype=np.uint32)[None, :] + halves  # (2, m)
+        if device.type == "cuda":
+            top = _hash_torch(torch.from_numpy(counter.view(np.int32)).to(device),
+                              multiplier[rows].to(device), increment[rows].to(device))
+        else:
+            top = torch.from_numpy(_hash_numpy(counter, multiplier[rows], increment[rows]))
+        u = top.to(torch.float32).add_(0.5).mul_(2.0**-24)
+        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
+        angle = u[:, 1].mul_(2 * math.pi)
+        consume(rows, pixels, torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius))
+
+    if device.type == "cuda":
+        block(slice(0, batch), slice(0, n))
+        return
+    pixel_step = min(n, _BLOCK)
+    rows_step = max(1, _BLOCK // n) if pixel_step == n else 1
+    blocks = [(slice(lo, min(lo + rows_step, batch)), slice(p0, min(p0 + pixel_step, n)))
+              for lo in range(0, batch, rows_step) for p0 in range(0, n, pixel_step)]
+    pool = _workers() if len(blocks) > 1 else None
+    if pool is None:
+        for rows, pixels in blocks:
+            block(rows, pixels)
+    else:
+        for done in [pool.submit(block, rows, pixels) for rows, pixels in blocks]:
+            done.result()  # re-raises a worker's error here
 
 
 def _hash_torch(counter: torch.Tensor, multiplier: torch.Tensor, increment: torch.Tensor) -> torch.Tensor:
@@ -186,10 +209,13 @@ _LOWBIAS_U32 = ((16, np.uint32(0x7FEB352D)), (15, np.uint32(0x846CA68B)), (16, N
 
 def complex_noise(seeds: torch.Tensor, name: str, shape: tuple[int, int], device) -> torch.Tensor:
     """`(B, H, W, 2)` float32 (real, imaginary) parts, i.i.d. N(0, 1), identical on every device
-    (`normal_blocks` assembled). Returned as a `(B, H, W, 2)` view of `(B, 2, H, W)` planes."""
+    (`for_each_normal_block` assembled). A `(B, H, W, 2)` view of `(B, 2, H, W)` planes."""
     h, w = shape
     planes = torch.empty(seeds.shape[0], 2, h * w, device=device)
-    for rows, pixels, re, im in normal_blocks(seeds, name, h * w, device):
+
+    def store(rows, pixels, re, im):
         planes[rows, 0, pixels] = re
         planes[rows, 1, pixels] = im
+
+    for_each_normal_block(seeds, name, h * w, device, store)
     return planes.view(-1, 2, h, w).permute(0, 2, 3, 1)
