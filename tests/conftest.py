@@ -27,3 +27,4 @@ def tiny_store(synth_root, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("tiny_store") / "store"
     prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=TINY["crop"], seed=0, progress=False)
     return store
+
