@@ -515,8 +515,7 @@ def test_thresholds_from_the_corrupted_validation_split(runs, tiny_store, tmp_pa
 
 
 def test_evaluate_command_refuses_bad_arms_and_rules_in_one_line(runs, tiny_store, tmp_path):
-    import subprocess
-    import sys
+    from commands import call_cli
 
     cases = [
         (["--arm", f"a={runs['batch']}", "--arm", f"a={runs['layer']}"], "--arm a is given twice"),
@@ -525,12 +524,10 @@ def test_evaluate_command_refuses_bad_arms_and_rules_in_one_line(runs, tiny_stor
         (["--arm", f"a={runs['batch']},{runs['batch']}"], "twice"),
     ]
     for args, says in cases:
-        result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "evaluate", *args, "--data",
-                                 str(tiny_store), "--out", str(tmp_path / "out"), "--quiet"],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and says in lines[0], result.stderr
+        code, _, err = call_cli("evaluate", *args, "--data", tiny_store, "--out", tmp_path / "out", "--quiet")
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], err
         assert not (tmp_path / "out").exists()
 
 
