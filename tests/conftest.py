@@ -28,3 +28,27 @@ def tiny_store(synth_root, tmp_path_factory) -> Path:
     prepare(synth_root / "knee", store, annotations=synth_root / "annotations", crop=TINY["crop"], seed=0, progress=False)
     return store
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_command_built_once():
+    """typer rebuilds the click command of `mrrobust.cli.app` from every command's signature on
+    each call (about 0.1 s, two thirds of an in-process refusal); the tests call the CLI some
+    thousand times in this process, so build it once (the same command every call builds)."""
+    import typer.main
+
+    from mrrobust.cli import app
+
+    build, built = typer.main.get_command, []
+
+    def get_command(typer_instance):
+        if typer_instance is not app:
+            return build(typer_instance)
+        if not built:
+            built.append(build(app))
+        return built[0]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(typer.main, "get_command", get_command)
+    yield
+    patch.undo()
