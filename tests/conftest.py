@@ -52,3 +52,16 @@ def cli_command_built_once():
     patch.setattr(typer.main, "get_command", get_command)
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_store, tmp_path_factory) -> dict[str, Path]:
+    """Finished RUNs `batch-seed0` and `layer-seed0` on `tiny_store` (width 8, 4 groups, one epoch,
+    batch 32, lr 1e-3, CPU), by norm. Read them, never write them (copy one to change it)."""
+    from mrrobust.training import train
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    for norm in ("batch", "layer"):
+        train(tiny_store, root / f"{norm}-seed0", norm, width=8, groups=4, max_epochs=1, batch_size=32, workers=0,
+              accelerator="cpu", quiet=True, lr=1e-3)
+    return {norm: root / f"{norm}-seed0" for norm in ("batch", "layer")}

@@ -109,7 +109,8 @@ def test_benchmark_through_the_local_executor_with_shards(tiny_store, tmp_path, 
     evaluate = dict(EVALUATE, bn_modes=["eval"])
     out = tmp_path / "cluster"
     result = benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate,
-                       progress=False, cluster=ClusterOptions("local", folder=tmp_path / "jobs", time=20), shards=2)
+                       progress=False, cluster=ClusterOptions("local", folder=tmp_path / "jobs", time=20, array_parallelism=2),
+                       shards=2)
     assert (out / "runs" / "layer-seed0" / "model.safetensors").is_file()
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["1-of-2", "2-of-2"]
     assert Path(result["report"]["report"]).is_file() and (out / "report" / "results" / "arms.csv").is_file()

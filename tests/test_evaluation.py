@@ -35,17 +35,11 @@ CELLS = [("clean", 0)] + [(a, s) for a in ARTIFACTS for s in SEVERITIES]
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_store, tmp_path_factory) -> dict[str, Path]:
-    """batch-seed0, layer-seed0 and twin-seed0 (a byte copy of batch-seed0)."""
-    from mrrobust.training import train
-
-    root = tmp_path_factory.mktemp("eval_runs")
-    for norm in ("batch", "layer"):
-        train(tiny_store, root / f"{norm}-seed0", norm, width=8, groups=4, max_epochs=1,
-              batch_size=32, workers=0, accelerator="cpu", quiet=True, lr=1e-3)
-    shutil.copytree(root / "batch-seed0", root / "copies" / "twin-seed0")
-    return {"batch": root / "batch-seed0", "twin": root / "copies" / "twin-seed0",
-            "layer": root / "layer-seed0"}
+def runs(tiny_runs, tmp_path_factory) -> dict[str, Path]:
+    """batch-seed0, layer-seed0 (conftest's `tiny_runs`) and twin-seed0 (a byte copy of batch-seed0)."""
+    twin = tmp_path_factory.mktemp("eval_runs") / "copies" / "twin-seed0"
+    shutil.copytree(tiny_runs["batch"], twin)
+    return {"batch": tiny_runs["batch"], "twin": twin, "layer": tiny_runs["layer"]}
 
 
 @pytest.fixture(scope="module")

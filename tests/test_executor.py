@@ -53,7 +53,8 @@ def stages(store: Path, out: Path) -> list[Stage]:
 
 def test_local_executor_runs_the_benchmark_stages_and_resumes(tiny_store, tmp_path):
     out = tmp_path / "bench"
-    options = ClusterOptions("local", folder=out / "jobs", time=20)
+    # two jobs at once (one per core): the two runs train, and the two shards evaluate, together
+    options = ClusterOptions("local", folder=out / "jobs", time=20, array_parallelism=2)
     lines = []
     results = run_stages(stages(tiny_store, out), options, report=lines.append)
     assert all(finished_run(out / "runs" / f"{n}-seed0") for n in ("batch", "layer"))

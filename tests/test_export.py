@@ -34,13 +34,8 @@ def cli(*args) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def run(tiny_store, tmp_path_factory) -> Path:
-    from mrrobust.training import train
-
-    out = tmp_path_factory.mktemp("export_run") / "batch-seed0"
-    train(tiny_store, out, "batch", width=8, groups=4, max_epochs=1, batch_size=32, workers=0,
-          accelerator="cpu", quiet=True, lr=1e-3)
-    return out
+def run(tiny_runs) -> Path:
+    return tiny_runs["batch"]
 
 
 @pytest.fixture(scope="module")

@@ -61,17 +61,10 @@ def test_more_shards_than_cells_is_refused():
 
 
 @pytest.fixture(scope="module")
-def whole(tiny_store, tmp_path_factory) -> tuple[Path, list[Path]]:
+def whole(tiny_store, tiny_runs, tmp_path_factory) -> tuple[Path, list[Path]]:
     """One finished evaluation of two tiny runs (batch: eval + adapt; layer: eval)."""
-    from mrrobust.training import train
-
-    root = tmp_path_factory.mktemp("shard_runs")
-    runs = []
-    for norm in ("batch", "layer"):
-        runs.append(root / f"{norm}-seed0")
-        train(tiny_store, runs[-1], norm, width=8, groups=4, max_epochs=1, batch_size=32,
-              workers=0, accelerator="cpu", quiet=True, lr=1e-3)
-    out = root / "whole"
+    runs = [tiny_runs["batch"], tiny_runs["layer"]]
+    out = tmp_path_factory.mktemp("shard_runs") / "whole"
     evaluate(runs, tiny_store, out, **SETTINGS)
     return out, runs
 
