@@ -149,7 +149,7 @@ def test_a_benchmark_killed_while_training_or_evaluating_resumes_to_the_same_byt
 
     def command(out) -> list:
         return ["benchmark", "--data", tiny_store, "--out", out, "--norms", "batch", "--seeds", "0", "--width", "4",
-                "--groups", "4", "--max-epochs", "4", "--patience", "4", "--workers", "0", "--lr", "1e-3",
+                "--groups", "4", "--max-epochs", "2", "--patience", "2", "--workers", "0", "--lr", "1e-3",
                 "--batch-size", "16", "--accelerator", "cpu", "--artifacts", "noise,motion", "--severities", "1,3",
                 "--bn-modes", "eval,adapt", "--bootstrap", "50", "--device", "cpu", "--quiet"]
 
