@@ -109,7 +109,8 @@ def test_benchmark_through_the_local_executor_with_shards(tiny_store, tmp_path, 
     evaluate = dict(EVALUATE, bn_modes=["eval"])
     out = tmp_path / "cluster"
     result = benchmark(tiny_store, out, ["layer"], [0], train_options=TRAIN, evaluate_options=evaluate,
-                       progress=False, cluster=ClusterOptions("local", folder=tmp_path / "jobs", time=20), shards=2)
+                       progress=False, cluster=ClusterOptions("local", folder=tmp_path / "jobs", time=20, array_parallelism=2),
+                       shards=2)
     assert (out / "runs" / "layer-seed0" / "model.safetensors").is_file()
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["1-of-2", "2-of-2"]
     assert Path(result["report"]["report"]).is_file() and (out / "report" / "results" / "arms.csv").is_file()
@@ -142,39 +143,22 @@ def test_shards_and_executor_refused_before_any_work(tiny_store, tmp_path):
 def test_a_benchmark_killed_while_training_or_evaluating_resumes_to_the_same_bytes(tiny_store, tmp_path):
     """SIGKILL `mrrobust benchmark` during training (a checkpoint exists) and again during the
     evaluation (a first prediction exists); the same command then gives the bytes of an
-    uninterrupted benchmark: weights, metrics, every table of RESULTS."""
-    import os
-    import signal
-    import subprocess
-    import time
-    from pathlib import Path
+    uninterrupted benchmark (the same command in this process, at one thread as the process):
+    weights, metrics, every table of RESULTS."""
+    from commands import call_cli, cli_command, kill_then_resume, torch_threads
 
-    import mrrobust
-
-    env = {**os.environ, "PYTHONPATH": str(Path(mrrobust.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-
-    def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "mrrobust.cli", "benchmark", "--data", str(tiny_store), "--out", str(out),
-                "--norms", "batch", "--seeds", "0", "--width", "4", "--groups", "4", "--max-epochs", "4",
-                "--patience", "4", "--workers", "0", "--lr", "1e-3", "--batch-size", "16", "--accelerator", "cpu",
-                "--artifacts", "noise,motion", "--severities", "1,3", "--bn-modes", "eval,adapt", "--bootstrap", "50",
-                "--device", "cpu", "--quiet"]
-
-    def kill_when(out: Path, pattern: str) -> None:
-        process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 240
-        while time.monotonic() < end and process.poll() is None and not list(out.glob(pattern)):
-            time.sleep(0.01)
-        assert process.poll() is None, f"the benchmark ended before {pattern} appeared"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    def command(out) -> list:
+        return ["benchmark", "--data", tiny_store, "--out", out, "--norms", "batch", "--seeds", "0", "--width", "4",
+                "--groups", "4", "--max-epochs", "2", "--patience", "2", "--workers", "0", "--lr", "1e-3",
+                "--batch-size", "16", "--accelerator", "cpu", "--artifacts", "noise,motion", "--severities", "1,3",
+                "--bn-modes", "eval,adapt", "--bootstrap", "50", "--device", "cpu", "--quiet"]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(command(whole), env=env, check=True, capture_output=True, timeout=600)
-    kill_when(killed, "runs/batch-seed0/checkpoints/last.ckpt")
-    kill_when(killed, "results/predictions/*/*/*.npy")
-    done = subprocess.run(command(killed), env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    with torch_threads(1):
+        code, _, err = call_cli(*command(whole))
+    assert code == 0, err
+    kill_then_resume(cli_command(*command(killed)), killed,
+                     ("runs/batch-seed0/checkpoints/last.ckpt", "results/predictions/*/*/*.npy"))
     for name in ("runs/batch-seed0/model.safetensors", "runs/batch-seed0/metrics.csv",
                  "runs/batch-seed0/operating_points.json", "results/results.csv", "results/arms.csv",
                  "results/arm_comparisons.csv", "results/thresholds.csv", "results/bn_shift.csv",

@@ -35,17 +35,11 @@ CELLS = [("clean", 0)] + [(a, s) for a in ARTIFACTS for s in SEVERITIES]
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_store, tmp_path_factory) -> dict[str, Path]:
-    """batch-seed0, layer-seed0 and twin-seed0 (a byte copy of batch-seed0)."""
-    from mrrobust.training import train
-
-    root = tmp_path_factory.mktemp("eval_runs")
-    for norm in ("batch", "layer"):
-        train(tiny_store, root / f"{norm}-seed0", norm, width=8, groups=4, max_epochs=1,
-              batch_size=32, workers=0, accelerator="cpu", quiet=True, lr=1e-3)
-    shutil.copytree(root / "batch-seed0", root / "copies" / "twin-seed0")
-    return {"batch": root / "batch-seed0", "twin": root / "copies" / "twin-seed0",
-            "layer": root / "layer-seed0"}
+def runs(tiny_runs, tmp_path_factory) -> dict[str, Path]:
+    """batch-seed0, layer-seed0 (conftest's `tiny_runs`) and twin-seed0 (a byte copy of batch-seed0)."""
+    twin = tmp_path_factory.mktemp("eval_runs") / "copies" / "twin-seed0"
+    shutil.copytree(tiny_runs["batch"], twin)
+    return {"batch": tiny_runs["batch"], "twin": twin, "layer": tiny_runs["layer"]}
 
 
 @pytest.fixture(scope="module")
@@ -515,8 +509,7 @@ def test_thresholds_from_the_corrupted_validation_split(runs, tiny_store, tmp_pa
 
 
 def test_evaluate_command_refuses_bad_arms_and_rules_in_one_line(runs, tiny_store, tmp_path):
-    import subprocess
-    import sys
+    from commands import call_cli
 
     cases = [
         (["--arm", f"a={runs['batch']}", "--arm", f"a={runs['layer']}"], "--arm a is given twice"),
@@ -525,12 +518,10 @@ def test_evaluate_command_refuses_bad_arms_and_rules_in_one_line(runs, tiny_stor
         (["--arm", f"a={runs['batch']},{runs['batch']}"], "twice"),
     ]
     for args, says in cases:
-        result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "evaluate", *args, "--data",
-                                 str(tiny_store), "--out", str(tmp_path / "out"), "--quiet"],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and says in lines[0], result.stderr
+        code, _, err = call_cli("evaluate", *args, "--data", tiny_store, "--out", tmp_path / "out", "--quiet")
+        assert code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], err
         assert not (tmp_path / "out").exists()
 
 

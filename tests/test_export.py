@@ -7,10 +7,9 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,20 +24,18 @@ from mrrobust.models.exported import (
     OPERATING_POINTS_FILE, PROGRAM_FILE, RECORD_FILE, check_archive, evaluation_record,
     load_model, model_digest, present_labels, read_record, thresholds)
 
+from commands import call_cli
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mrrobust.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+
+def cli(*args) -> SimpleNamespace:
+    """`mrrobust ARGS` in this process: `returncode`, `stdout`, `stderr`."""
+    code, out, err = call_cli(*args)
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 @pytest.fixture(scope="module")
-def run(tiny_store, tmp_path_factory) -> Path:
-    from mrrobust.training import train
-
-    out = tmp_path_factory.mktemp("export_run") / "batch-seed0"
-    train(tiny_store, out, "batch", width=8, groups=4, max_epochs=1, batch_size=32, workers=0,
-          accelerator="cpu", quiet=True, lr=1e-3)
-    return out
+def run(tiny_runs) -> Path:
+    return tiny_runs["batch"]
 
 
 @pytest.fixture(scope="module")

@@ -411,23 +411,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 def test_command_line(tmp_path):
     """`mrrobust report` writes both reports and prints the three findings; a folder that is not
     RESULTS is one line and exit 2."""
-    import subprocess
-    import sys
+    from commands import call_cli
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "mrrobust.cli", "report", *map(str, args)], capture_output=True,
-                              text=True, timeout=300)
-
-    missing = run(tmp_path / "nowhere", "--out", tmp_path / "report")
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    lines = missing.stderr.strip().splitlines()
+    code, _, err = call_cli("report", tmp_path / "nowhere", "--out", tmp_path / "report")
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "no evaluation.json" in lines[0] and "mrrobust evaluate" in lines[0]
     results = write_results(tmp_path / "results", arms=("batch", "group"), artifacts=("noise",), severities=(5,),
                             predictions=False)
-    done = run(results, "--out", tmp_path / "report", "--formats", "svg")
-    assert done.returncode == 0, done.stderr
+    code, printed, err = call_cli("report", results, "--out", tmp_path / "report", "--formats", "svg")
+    assert code == 0, err
     assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "report" / "figures" / "bn_shift.svg").is_file()
-    printed = [line[2:] for line in done.stdout.splitlines() if line.startswith("- ")]
+    printed = [line[2:] for line in printed.splitlines() if line.startswith("- ")]
     md = (tmp_path / "report" / "report.md").read_text()
     assert printed == bullets(section(md, "In three lines")) and len(printed) == 3
 

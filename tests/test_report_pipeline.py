@@ -26,17 +26,13 @@ def f3(x: str, sign=False) -> str:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_store, tmp_path_factory):
+def evaluated(tiny_store, tiny_runs, tmp_path_factory):
     from mrrobust.evaluation import evaluate
-    from mrrobust.training import train
 
     root = tmp_path_factory.mktemp("report_pipeline")
-    for norm in ("batch", "layer"):
-        train(tiny_store, root / "runs" / f"{norm}-seed0", norm, width=8, groups=4, max_epochs=1, batch_size=32,
-              workers=0, accelerator="cpu", quiet=True, lr=1e-3)
-    shutil.copytree(root / "runs" / "batch-seed0", root / "runs" / "batch-seed1")  # a second run of the batch arm
-    evaluate([], tiny_store, root / "results", arms={"batch": [root / "runs" / "batch-seed0", root / "runs" / "batch-seed1"],
-                                                     "layer": [root / "runs" / "layer-seed0"]},
+    shutil.copytree(tiny_runs["batch"], root / "runs" / "batch-seed1")  # a second run of the batch arm
+    evaluate([], tiny_store, root / "results", arms={"batch": [tiny_runs["batch"], root / "runs" / "batch-seed1"],
+                                                     "layer": [tiny_runs["layer"]]},
              artifacts=["noise"], severities=[1, 5], split="val", bn_modes=["eval", "adapt"], batch_size=32,
              device="cpu", bootstrap=50, progress=False)
     return root / "results"

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,8 @@ from mrrobust.errors import MrRobustError
 from mrrobust.evaluation import (
     PREDICTIONS, SETTINGS_FILE, SLICES_FILE, evaluate, grid_cells, prediction_path)
 from mrrobust.shards import Shard, all_cells, check_shards, merge_shards, parse_shard, shard_cells
+
+from commands import call_cli
 
 TABLES = ("results.csv", "arms.csv", "arm_comparisons.csv", "thresholds.csv", "bn_shift.csv")
 SETTINGS = dict(artifacts=["noise", "gibbs"], severities=[1, 3], split="val", bn_modes=["eval", "adapt"],
@@ -61,17 +61,10 @@ def test_more_shards_than_cells_is_refused():
 
 
 @pytest.fixture(scope="module")
-def whole(tiny_store, tmp_path_factory) -> tuple[Path, list[Path]]:
+def whole(tiny_store, tiny_runs, tmp_path_factory) -> tuple[Path, list[Path]]:
     """One finished evaluation of two tiny runs (batch: eval + adapt; layer: eval)."""
-    from mrrobust.training import train
-
-    root = tmp_path_factory.mktemp("shard_runs")
-    runs = []
-    for norm in ("batch", "layer"):
-        runs.append(root / f"{norm}-seed0")
-        train(tiny_store, runs[-1], norm, width=8, groups=4, max_epochs=1, batch_size=32,
-              workers=0, accelerator="cpu", quiet=True, lr=1e-3)
-    out = root / "whole"
+    runs = [tiny_runs["batch"], tiny_runs["layer"]]
+    out = tmp_path_factory.mktemp("shard_runs") / "whole"
     evaluate(runs, tiny_store, out, **SETTINGS)
     return out, runs
 
@@ -173,13 +166,12 @@ def sharded(whole, tiny_store, tmp_path_factory) -> list[Path]:
         summary = evaluate(runs, tiny_store, folders[-1], shard=f"{index}/3", **SETTINGS)
         assert summary["computed"] > 0
     folders.append(root / "part3")  # the last through the command line
-    result = subprocess.run(
-        [sys.executable, "-m", "mrrobust.cli", "evaluate", *map(str, runs), "--data", str(tiny_store),
-         "--out", str(folders[-1]), "--shard", "3/3", "--artifacts", "noise,gibbs", "--severities", "1,3",
-         "--split", "val", "--bn-modes", "eval,adapt", "--batch-size", "32", "--bootstrap", "20",
-         "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert "shard 3/3" in result.stdout and "mrrobust report SHARD" in result.stdout
+    code, printed, err = call_cli("evaluate", *runs, "--data", tiny_store, "--out", folders[-1], "--shard", "3/3",
+                                  "--artifacts", "noise,gibbs", "--severities", "1,3", "--split", "val",
+                                  "--bn-modes", "eval,adapt", "--batch-size", "32", "--bootstrap", "20",
+                                  "--device", "cpu", "--quiet")
+    assert code == 0, err
+    assert "shard 3/3" in printed and "mrrobust report SHARD" in printed
     return folders
 
 
@@ -217,17 +209,13 @@ def test_report_merges_the_shards_into_the_whole_evaluations_tables(whole, shard
 
 def test_report_refuses_bad_shard_sets_in_one_line_and_writes_nothing(sharded, whole, tmp_path):
     target = tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "report", str(sharded[0]),
-                             str(sharded[2]), "--out", str(target)], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 2 and "shard 2/3 missing" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not target.exists()
+    code, _, err = call_cli("report", sharded[0], sharded[2], "--out", target)
+    assert code == 2 and "shard 2/3 missing" in err
+    assert len(err.strip().splitlines()) == 1 and not target.exists()
     _, runs = whole
-    result = subprocess.run([sys.executable, "-m", "mrrobust.cli", "evaluate", *map(str, runs),
-                             "--data", "nowhere", "--out", str(target), "--shard", "0/3"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "--shard '0/3'" in result.stderr or "--shard 0/3" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not target.exists()
+    code, _, err = call_cli("evaluate", *runs, "--data", "nowhere", "--out", target, "--shard", "0/3")
+    assert code == 2 and ("--shard '0/3'" in err or "--shard 0/3" in err)
+    assert len(err.strip().splitlines()) == 1 and not target.exists()
     from mrrobust.report import report
 
     with pytest.raises(MrRobustError, match="overlapping shards"):

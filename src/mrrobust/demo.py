@@ -17,7 +17,6 @@ slice) gives the one or two slices with three positive labels a quarter of every
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -68,23 +67,18 @@ def check_demo(volumes: int, slices: int, crop: int, lesion_scale: float, width:
 
 def _claim(out: Path, settings: dict) -> None:
     """Record the demo's settings in `out/demo.json`, or refuse when `out` holds another demo."""
-    record = out / "demo.json"
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text())
-        except (OSError, ValueError):
-            raise MrRobustError(f"{record} is damaged; delete {out} or pass another --out") from None
-        if before != settings:
-            changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
-            raise MrRobustError(f"{out} holds a demo with other settings ({changed}); pass another --out or delete {out}")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    from mrrobust.settings_record import matches_record
+
+    if matches_record(out / "demo.json", settings, "demo", if_damaged=f"delete {out} or pass another --out",
+                      if_changed=f"pass another --out or delete {out}"):
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MrRobustError(f"{out} exists and is not a demo folder; pass another --out")
-    else:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise MrRobustError(f"cannot create {out} ({err.strerror}); pass a writable --out") from None
-        write_json_atomic(record, settings)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MrRobustError(f"cannot create {out} ({err.strerror}); pass a writable --out") from None
+    write_json_atomic(out / "demo.json", settings)
 
 
 def _clean_aucs(results: Path) -> dict[str, float | None]:

@@ -23,6 +23,7 @@ from mrrobust.data.synth.plan import (
     FIRST_ID, INTENSITY, LABELS, PREVALENCE, SAME_PATIENT, VAL_FRACTION, Finding, VolumePlan, plan_volumes)
 from mrrobust.errors import MrRobustError
 from mrrobust.atomic import atomic_write
+from mrrobust.settings_record import matches_record
 
 __all__ = ["synth", "plan_volumes", "volume_images", "annotation_rows", "write_volume", "acquisition_width",
            "edge_padding", "coil_sensitivities", "finding_box", "ismrmrd_header", "Finding", "VolumePlan",
@@ -109,15 +110,9 @@ def _claim(out: Path, challenge: str, settings: dict, folders: dict) -> None:
     """Refuse unless `out` is empty for this challenge or holds a synth with the same `settings`
     (then it resumes). Writes nothing."""
     record = out / RECORD.format(challenge=challenge)
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text())
-        except (OSError, ValueError):
-            raise MrRobustError(f"{record} is damaged; delete {out / 'knee'} and it, or choose an empty OUT") from None
-        if before != settings:
-            changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
-            raise MrRobustError(f"{out} holds a {challenge} synth with other settings ({changed}); "
-                                f"use the same arguments to finish it, or choose an empty OUT")
+    if matches_record(record, settings, f"{challenge} synth",
+                      if_damaged=f"delete {out / 'knee'} and it, or choose an empty OUT",
+                      if_changed="use the same arguments to finish it, or choose an empty OUT"):
         return
     for folder in folders.values():
         if folder.is_dir() and any(folder.glob("*.h5")):
