@@ -120,31 +120,44 @@ def progress_bar(enabled: bool, stream=None) -> Progress:
     return Progress(*columns, console=console, disable=not bar)
 
 
-def _lightning_callback():
+def _epoch_lines_class():
+    """`EpochLines`, defined on first use: it subclasses Lightning's Callback, and importing
+    Lightning (~10 s of CPU) is for training only, not for every command that shows progress."""
     from lightning.pytorch.callbacks import Callback
 
-    return Callback
+    class EpochLines(Callback):
+        """Lightning callback: one `StepLog` line per finished training epoch (global rank 0), e.g.
+        `[train batch-seed0] 3/8 epoch 2 (train loss 1.02, val loss 1.10, val AUC 0.712): 41 s elapsed,
+        about 1 min 50 s left`. The estimate assumes every epoch up to `max_epochs` runs (early
+        stopping can end sooner). `name` names the run; `stream` defaults to stdout."""
+
+        def __init__(self, name: str = "train", stream=None):
+            self.name, self.stream, self._log = name, stream, None
+
+        def on_train_start(self, trainer, module) -> None:
+            self._log = StepLog(f"train {self.name}".strip(), trainer.max_epochs, stream=self.stream, every=1,
+                                interval=0.0)
+            self._log.done = trainer.current_epoch  # a resumed run counts the epochs it had
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            if self._log is None or not trainer.is_global_zero or trainer.sanity_checking:
+                return
+            metrics = trainer.callback_metrics
+            shown = [(key, label) for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"),
+                                                     ("val_auc_mean", "val AUC")) if key in metrics]
+            values = ", ".join(f"{label} {float(metrics[key]):.3f}" for key, label in shown)
+            self._log.advance(f"epoch {trainer.current_epoch}{f' ({values})' if values else ''}")
+
+    EpochLines.__qualname__ = "EpochLines"  # pickled (spawned workers) and checkpointed by this name
+    return EpochLines
 
 
-class EpochLines(_lightning_callback()):
-    """Lightning callback: one `StepLog` line per finished training epoch (global rank 0), e.g.
-    `[train batch-seed0] 3/8 epoch 2 (train loss 1.02, val loss 1.10, val AUC 0.712): 41 s elapsed,
-    about 1 min 50 s left`. The estimate assumes every epoch up to `max_epochs` runs (early
-    stopping can end sooner). `name` names the run; `stream` defaults to stdout."""
+_LAZY = {}
 
-    def __init__(self, name: str = "train", stream=None):
-        self.name, self.stream, self._log = name, stream, None
 
-    def on_train_start(self, trainer, module) -> None:
-        self._log = StepLog(f"train {self.name}".strip(), trainer.max_epochs, stream=self.stream, every=1,
-                            interval=0.0)
-        self._log.done = trainer.current_epoch  # a resumed run counts the epochs it had
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        if self._log is None or not trainer.is_global_zero or trainer.sanity_checking:
-            return
-        metrics = trainer.callback_metrics
-        shown = [(key, label) for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"),
-                                                 ("val_auc_mean", "val AUC")) if key in metrics]
-        values = ", ".join(f"{label} {float(metrics[key]):.3f}" for key, label in shown)
-        self._log.advance(f"epoch {trainer.current_epoch}{f' ({values})' if values else ''}")
+def __getattr__(name: str):
+    if name == "EpochLines":  # PEP 562: `from mrrobust.progress import EpochLines` still works
+        if name not in _LAZY:
+            _LAZY[name] = _epoch_lines_class()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
