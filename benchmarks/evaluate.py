@@ -42,8 +42,9 @@ def make_run(run: Path, store: Path, norm: str, width: int, seed: int) -> None:
               "training": {"seed": seed, "note": "untrained: benchmarks/evaluate.py"},
               "store": {"path": str(store), "scale": read_manifest(store)["scale"], "crop": read_manifest(store)["crop"]}}
     save(model, config, run)
-    points = {label: {"threshold": 0.5} for label in LABELS}
-    write_json_atomic(run / "operating_points.json", {"split": "val", "clean": True, "labels": points})
+    points = {label: {"threshold": 0.5, "auc": 0.5, "rule": "untrained"} for label in LABELS}
+    write_json_atomic(run / "operating_points.json", {"split": "val", "clean": True, "epoch": 0,
+                                                      "slices": 0, "labels": points})
     (run / "metrics.csv").write_text("epoch\n")
 
 

@@ -332,14 +332,14 @@ def test_non_finite_predictions_are_refused_and_redone_on_resume(runs, tiny_stor
     from mrrobust import evaluation
 
     out = tmp_path / "results"
-    real = evaluation._predict
-    monkeypatch.setattr(evaluation, "_predict", lambda *a, **k: real(*a, **k) * np.nan)
+    real = evaluation._probabilities
+    monkeypatch.setattr(evaluation, "_probabilities", lambda *a, **k: real(*a, **k) * np.nan)
     with pytest.raises(MrRobustError, match="NaN or inf") as err:
         evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
                  bootstrap=10, progress=False)
     assert "\n" not in str(err.value)
     assert not list((out / "predictions").rglob("*.npy"))  # nothing counted as finished
-    monkeypatch.setattr(evaluation, "_predict", real)
+    monkeypatch.setattr(evaluation, "_probabilities", real)
     summary = evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
                        bootstrap=10, progress=False)
     assert summary["computed"] == 2 and summary["reused"] == 0
