@@ -317,6 +317,7 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, synth_root, 
         (dict(store=no_test), "no 'test' slices"),
         (dict(store=tmp_path / "nowhere"), "not a finished STORE"),
         (dict(out=busy), "holds no evaluation.json"),
+        (dict(compile="yes"), "compile 'yes' must be True or False"),
     ]
     for change, says in cases:
         arguments = {"runs": [runs["layer"]], "store": tiny_store, "out": out, **change}
@@ -629,3 +630,37 @@ def test_stream_reads_the_store_batch_by_batch_as_the_dataset_items(tiny_store):
         rows = np.flatnonzero(volumes == volume)
         assert torch.allclose(levels[rows], torch.tensor(volume_level(streamed[rows]), dtype=torch.float64),
                               rtol=1e-12, atol=0)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_anything_is_written(runs, tiny_store, tmp_path, monkeypatch):
+    import shutil as shell
+
+    monkeypatch.setattr(shell, "which", lambda name: None)
+    with pytest.raises(MrRobustError, match="--compile on the CPU needs a C.. compiler") as err:
+        evaluate([runs["layer"]], tiny_store, tmp_path / "results", device="cpu", compile=True, progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "results").exists()
+
+
+def test_compiled_adabn_pass_equals_the_eager_one_in_every_cell(runs, tiny_store, tmp_path):
+    """--compile (kept tiny: torch.compile on the CPU builds C++ kernels, about a minute): the
+    batch-norm run's AdaBN prediction pass is compiled once and takes each cell's statistics
+    (its buffers are updated in place, no stale statistics); its predictions equal the eager
+    ones to float rounding; the recorder's eval pass stays eager (equal bit for bit)."""
+    settings = dict(artifacts=("noise",), severities=(5,), split=SPLIT, bn_modes=("eval", "adapt"),
+                    bootstrap=10, progress=False, device="cpu")
+    size = len(SliceDataset(tiny_store, SPLIT))
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    evaluate([runs["batch"]], tiny_store, eager, batch_size=size, **settings)  # one batch: one graph
+    evaluate([runs["batch"]], tiny_store, compiled, batch_size=size, compile=True, **settings)
+    assert json.loads((compiled / "evaluation.json").read_text())["compile"] is True
+    run = runs["batch"].name
+    for artifact, severity in (("clean", 0), ("noise", 5)):
+        np.testing.assert_allclose(predictions(compiled, run, "adapt", artifact, severity),
+                                   predictions(eager, run, "adapt", artifact, severity), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(predictions(compiled, run, "eval", artifact, severity),
+                                      predictions(eager, run, "eval", artifact, severity))
+    clean, noisy = (predictions(compiled, run, "adapt", *cell) for cell in (("clean", 0), ("noise", 5)))
+    assert np.abs(clean - noisy).max() > 1e-3  # the second cell's statistics were taken
+    # a compiled folder resumes an eager one (compile changes float rounding only)
+    summary = evaluate([runs["batch"]], tiny_store, eager, batch_size=size, compile=True, **settings)
+    assert summary["computed"] == 0
