@@ -46,7 +46,7 @@ from mrrobust.data.annotations import LABELS
 from mrrobust.data.prepare import prepare
 from mrrobust.data.store import read_manifest, write_json_atomic
 from mrrobust.data.synth import synth
-from mrrobust.evaluation import evaluate, stage_times
+from mrrobust.evaluation import evaluate
 from mrrobust.models import build, model_config, save
 
 MEMORY_GRID = dict(artifacts=["noise", "motion"], severities=[5])
@@ -89,6 +89,8 @@ def count_passes(slices: int, cells: int, norms: list[str], bn_modes: list[str])
 
 
 def grid(args, folder: Path) -> dict:
+    from mrrobust.evaluation import stage_times
+
     norms, bn_modes = args.norms.split(","), args.bn_modes.split(",")
     severities = [int(s) for s in args.severities.split(",")]
     artifacts = args.artifacts.split(",") if args.artifacts else list(SUITES["mrrobust"])
@@ -134,8 +136,9 @@ def _peak_child(store: str, runs: list[str], out: str, device: str, batch_size: 
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats()
     before = _rss_mib()
-    run(runs, store, out, batch_size=batch_size, device=device, bn_modes=bn_modes, compile=compile,
-        bootstrap=10, progress=False, **MEMORY_GRID)
+    extra = {"compile": True} if compile else {}  # (absent: also runs code from before --compile)
+    run(runs, store, out, batch_size=batch_size, device=device, bn_modes=bn_modes, bootstrap=10,
+        progress=False, **MEMORY_GRID, **extra)
     answer.send({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                  "rss_before_evaluate_mib": round(before, 1),
                  "peak_rss_growth_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before, 1),

@@ -103,10 +103,29 @@ BATCH_MODES = ("prior", "tent")
 # ---- compilation and stage times -----------------------------------------------------------
 
 
-def _compiled(model: torch.nn.Module) -> torch.nn.Module:
-    """`torch.compile(model)` for inference, one static graph per batch shape (the full
-    batches and the last)."""
-    return torch.compile(model, dynamic=False)
+def _compiled(model: torch.nn.Module, batch_size: int | None = None) -> torch.nn.Module:
+    """`torch.compile(model)` for inference, static shapes. With `batch_size` (a network
+    whose slices do not interact: eval mode) a short last batch is padded with zeros to
+    `batch_size` and its padding dropped from the output, so one graph serves the split;
+    without (prior: batch statistics) the last batch compiles a second graph."""
+    compiled = torch.compile(model, dynamic=False)
+    return compiled if batch_size is None else _FullBatches(compiled, batch_size)
+
+
+class _FullBatches(torch.nn.Module):
+    """`model` fed `(batch_size, ...)` always: a shorter batch `(n, ...)` is zero-padded and
+    the output cut back to its `n` rows."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int):
+        super().__init__()
+        self.model, self.batch_size = model, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n >= self.batch_size:
+            return self.model(x)
+        padding = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+        return self.model(torch.cat([x, padding]))[:n]
 
 
 def check_compile(compile: bool, device: torch.device) -> bool:
@@ -211,29 +230,32 @@ class Run:
     compile: bool = False  # torch.compile the passes without hooks (`network`, `adapted`)
     _networks: dict = field(default_factory=dict, repr=False)
 
-    def network(self, mode: str, bn_prior: float | None = None) -> torch.nn.Module:
+    def network(self, mode: str, bn_prior: float | None = None,
+                batch_size: int | None = None) -> torch.nn.Module:
         """The eval-mode network of a pass without hooks: "eval" (the run's own) or "prior"
         (its `adaptation.prior_batch_norm` copy), made once per run and `torch.compile`d when
-        `compile` (a MODEL's program never is: it runs as exported)."""
+        `compile` (a MODEL's program never is: it runs as exported); compiled eval pads a
+        short last batch to `batch_size` (`_compiled`)."""
         from mrrobust.adaptation import prior_batch_norm
 
-        key = (mode, bn_prior)
+        key = (mode, bn_prior, batch_size)
         if key not in self._networks:
             model = self.model if mode == "eval" else prior_batch_norm(self.model, bn_prior)
-            self._networks[key] = _compiled(model) if self.compile and self.kind == "run" else model
+            self._networks[key] = (_compiled(model, batch_size if mode == "eval" else None)
+                                   if self.compile and self.kind == "run" else model)
         return self._networks[key]
 
-    def adapted(self, model: torch.nn.Module) -> torch.nn.Module:
+    def adapted(self, model: torch.nn.Module, batch_size: int | None = None) -> torch.nn.Module:
         """The network of AdaBN's prediction pass, `model` the cell's adapted copy. Compiled:
         one compiled copy per run takes each cell's statistics (its buffers are copied in
-        place), so a new cell is not a new compilation."""
+        place), so a new cell is not a new compilation; a short last batch is padded."""
         if not self.compile:
             return model
         if "adapt" not in self._networks:
             import copy
 
             target = copy.deepcopy(model).eval()
-            self._networks["adapt"] = (target, _compiled(target))
+            self._networks["adapt"] = (target, _compiled(target, batch_size))
         target, compiled = self._networks["adapt"]
         with torch.no_grad():
             for mine, theirs in zip(target.buffers(), model.buffers()):
@@ -734,11 +756,12 @@ class _Pass:
     order: `rounds` passes over the split (2 for adapt: statistics, then predictions)."""
 
     def __init__(self, run: Run, mode: str, target: Path, where: Device, record_bn: bool,
-                 bn_prior: float):
+                 bn_prior: float, batch_size: int):
         from mrrobust.adaptation import Tent
         from mrrobust.analysis import BatchNormAdapter, BNRecorder
 
         self.run, self.mode, self.target, self.where = run, mode, target, where
+        self.batch_size = batch_size
         self.rounds, self.outputs, self.recorder = (2 if mode == "adapt" else 1), [], None
         self.record_bn = record_bn and mode == "eval" and run.batch_norm
         if mode == "tent":
@@ -750,7 +773,7 @@ class _Pass:
         elif run.batch_norm:  # the recorder's hooks: eager (`Run.network`)
             self.model, self.recorder = run.model, BNRecorder(run.model)
         else:
-            self.model = run.network("eval")
+            self.model = run.network("eval", batch_size=batch_size)
 
     def feed(self, inputs: torch.Tensor, round: int) -> None:
         """Model inputs `(B, 1, H, W)` of the next batch, in pass `round`."""
@@ -768,7 +791,7 @@ class _Pass:
 
     def end(self, round: int) -> None:
         if self.mode == "adapt" and round == 0:
-            self.model = self.run.adapted(self.adapter.finish())
+            self.model = self.run.adapted(self.adapter.finish(), self.batch_size)
 
     def write(self) -> None:
         from mrrobust.data.store import save_npy_atomic, write_json_atomic
@@ -858,7 +881,7 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
                 if levels is None:  # read the split only when something is left to predict
                     with _stage("loading (volume levels)", where):
                         seeds, levels = _slice_seeds(dataset, seed), _volume_levels(dataset, batch_size)
-                passes = [_Pass(run, mode, target, where, record_bn, bn_prior)
+                passes = [_Pass(run, mode, target, where, record_bn, bn_prior, batch_size)
                           for run, mode, target in pending]
                 _predict_cell(passes, dataset, artifact, severity, suite, seeds, levels,
                               batch_size, where)
