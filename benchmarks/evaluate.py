@@ -25,6 +25,9 @@ STORE, so the peak should not grow with N.
     python benchmarks/evaluate.py --device cuda --compile                # 320x320, width 64 (the study's size)
     python benchmarks/evaluate.py --device cpu --size 64 --width 16      # CPU
     python benchmarks/evaluate.py --device cpu --size 64 --width 16 --slices 30 --memory 630,6300 --skip-grid
+
+`--work DIR` keeps the synthesized STOREs and reuses them (`--stores-only` makes them without a
+device: benchmarks/gpu_evaluate.sh prepares the memory STOREs on the CPU while the GPU times the grid).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,9 +71,11 @@ def make_run(run: Path, store: Path, norm: str, width: int, seed: int) -> None:
 
 
 def make_store(folder: Path, volumes: int, slices: int, size: int) -> Path:
-    """A STORE whose every slice is in the test split."""
-    synth(folder / "synth", volumes=volumes, slices=slices, crop=size, seed=0)
+    """A STORE whose every slice is in the test split (one made before in `folder` is reused)."""
     store = folder / "store"
+    if (store / "manifest.json").is_file():
+        return store
+    synth(folder / "synth", volumes=volumes, slices=slices, crop=size, seed=0)
     prepare(folder / "synth" / "knee", store, annotations=folder / "synth" / "annotations", crop=size,
             fractions=(0.0, 0.0, 1.0), progress=False)
     return store
@@ -94,8 +100,10 @@ def grid(args, folder: Path) -> dict:
     norms, bn_modes = args.norms.split(","), args.bn_modes.split(",")
     severities = [int(s) for s in args.severities.split(",")]
     artifacts = args.artifacts.split(",") if args.artifacts else list(SUITES["mrrobust"])
-    store = make_store(folder, args.volumes, args.slices, args.size)
+    store = make_store(folder / f"store{args.size}-{args.volumes}x{args.slices}", args.volumes, args.slices, args.size)
     runs = make_runs(folder, store, norms, args.width)
+    for done in ("warmup", "results"):
+        shutil.rmtree(folder / done, ignore_errors=True)
     options = dict(batch_size=args.batch_size, device=args.device, bn_modes=bn_modes, compile=args.compile,
                    progress=False)
     evaluate(runs, store, folder / "warmup", artifacts=["noise"], severities=[1], bootstrap=10,
@@ -154,9 +162,12 @@ def memory(args, folder: Path) -> list[dict]:
     norms, bn_modes = args.norms.split(","), args.bn_modes.split(",")
     rows = []
     for slices in [int(n) for n in args.memory.split(",")]:
-        part = folder / f"memory{slices}"
+        part = folder / f"memory{args.size}-{slices}"
         store = make_store(part, -(-slices // args.slices), args.slices, args.size)
+        if args.stores_only:
+            continue
         runs = make_runs(part, store, norms, args.width)
+        shutil.rmtree(part / "results", ignore_errors=True)
         split = sum(1 for _ in open(store / "slices.csv")) - 1
         receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
         child = multiprocessing.get_context("spawn").Process(target=_peak_child, args=(
@@ -187,16 +198,22 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="evaluate --compile")
     parser.add_argument("--memory", default=None, help="N,N,...: peak memory on test splits of N slices")
     parser.add_argument("--skip-grid", action="store_true", help="only --memory")
+    parser.add_argument("--stores-only", action="store_true",
+                        help="only synthesize and prepare the --memory STOREs into --work (no device needed)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the STOREs here and reuse them in later calls (default: a temporary folder)")
     args = parser.parse_args()
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads",
               "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.skip_grid:
-            report["grid"] = grid(args, Path(tmp) / "grid")
+        work = args.work or Path(tmp)
+        if not args.skip_grid and not args.stores_only:
+            report["grid"] = grid(args, work / "grid")
         if args.memory:
-            report["peak_memory"] = memory(args, Path(tmp))
-    print(json.dumps(report, indent=2))
+            report["peak_memory"] = memory(args, work)
+    if not args.stores_only:
+        print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
