@@ -42,9 +42,13 @@ one. An undefined number is an empty cell.
 
 Inputs are built as in training: the complex image divided by the STORE scale, corrupted
 on the device (`artifacts.corrupt`, the slice's seed `slice_seed(slice_id, seed)`, so every
-model sees identical inputs), magnitude `(B, 1, H, W)`. Each cell's corrupted split is made
-once and fed to every run. On CUDA the forward runs under bf16 autocast in the run's
-memory format; on the CPU in float32.
+model sees identical inputs; `reference=` its whole volume's signal level, from one streamed
+pass over the split), magnitude `(B, 1, H, W)`. The split is streamed from the STORE
+(`_stream`: a background thread reads the next batch, pinned and copied on a side stream on
+CUDA), never held: each batch of a cell is corrupted once and fed to every pending
+(run, bn_mode) pass (`_Pass`); AdaBN streams the cell twice (statistics, then predictions).
+Device memory is bounded by a few batches. On CUDA the forward runs under bf16 autocast in the
+run's memory format; on the CPU in float32. `compile` compiles the passes without hooks.
 """
 
 from __future__ import annotations
