@@ -814,25 +814,26 @@ def _predict_cell(passes: list[_Pass], dataset, artifact: str, severity: int, su
     to every pending pass of the cell; then write their files. AdaBN's second pass streams
     (and corrupts) the split again: the same inputs, from the same per-slice seeds."""
     import time
+    from contextlib import closing
 
     for round in range(max(p.rounds for p in passes)):
         active = [p for p in passes if round < p.rounds]
-        batches = _stream(dataset, batch_size, where.device)
-        while True:
-            waited = time.perf_counter()
-            start, images = next(batches, (None, None))
-            _add_time("loading (wait)", time.perf_counter() - waited)
-            if start is None:
-                break
-            stop = start + len(images)
-            with torch.no_grad(), _stage("artifact synthesis", where):
-                inputs = model_inputs(images, seeds[start:stop], artifact, severity, suite,
-                                      levels[start:stop])
-            for p in active:
-                with _stage(f"model passes: {p.run.norm}", where):
-                    p.feed(inputs, round)
-                _count(p.run.norm, len(images))
-            del images, inputs
+        with closing(_stream(dataset, batch_size, where.device)) as batches:  # an error stops the thread
+            while True:
+                waited = time.perf_counter()
+                start, images = next(batches, (None, None))
+                _add_time("loading (wait)", time.perf_counter() - waited)
+                if start is None:
+                    break
+                stop = start + len(images)
+                with torch.no_grad(), _stage("artifact synthesis", where):
+                    inputs = model_inputs(images, seeds[start:stop], artifact, severity, suite,
+                                          levels[start:stop])
+                for p in active:
+                    with _stage(f"model passes: {p.run.norm}", where):
+                        p.feed(inputs, round)
+                    _count(p.run.norm, len(images))
+                del images, inputs
         for p in active:
             p.end(round)
     with _stage("writing", where):
