@@ -20,7 +20,10 @@ stage boundary) and the synthesis share of the evaluate's wall time.
 bn mode above) on test splits of N slices each (`--slices` per volume), each in a fresh
 process: CUDA `torch.cuda.max_memory_allocated`, CPU the peak resident set (ru_maxrss) and
 its growth over the process's resident set before evaluate. The split is streamed from the
-STORE, so the peak should not grow with N.
+STORE, so the peak should not grow with N. On the CPU, glibc's default malloc raises its mmap
+threshold after the first large free and then keeps freed batch buffers in its heap, so the
+resident set drifts up with the number of batches although nothing holds them; run with
+`MALLOC_MMAP_THRESHOLD_=131072` (a fixed threshold) to measure what the data path itself holds.
 
     python benchmarks/evaluate.py --device cuda --compile                # 320x320, width 64 (the study's size)
     python benchmarks/evaluate.py --device cpu --size 64 --width 16      # CPU
