@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# One bounded GPU session (device tool) for the evaluation path: grid throughput at the
-# study's size, then `mrrobust benchmark` end to end on the GPU (train -> evaluate ->
-# report) and the same evaluation on the CPU, compared cell by cell.
+# One bounded GPU session (device tool, one call, under 8 minutes) for the evaluation path
+# (issue 11's goal: >= 3,000 model passes/s per run over the whole grid at 320x320, width 64,
+# three arms incl. AdaBN for batch norm, artifact synthesis < 10% of the time):
+#   1. the grid eager (bf16 autocast, channels-last where it pays), stage times per norm;
+#   2. the same grid with --compile (compile time is in the untimed warm-up);
+#   3. peak GPU memory (torch.cuda.max_memory_allocated) of one evaluate on test splits of
+#      growing size at 320x320 and 64x64: the split is streamed, so it should not grow.
+# The STOREs of 3 are synthesized on the CPU in the background while 1 and 2 run.
 # Usage on the GPU machine, from the repository root: bash benchmarks/gpu_evaluate.sh [OUTDIR]
+# (MEMORY_320 / MEMORY_64 override the split sizes; synth costs about 0.3 CPU s per 320x320 slice.)
 set -u
 out=${1:-${OUT:-/tmp/gpu_evaluate}}; mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+work=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -c "import torch, lightning, matplotlib, sklearn, scipy; print('torch', torch.__version__, 'lightning', lightning.__version__, 'matplotlib', matplotlib.__version__)" 2>&1 | tee -a "$out/gpu.txt"
-timeout 150 python3 benchmarks/evaluate.py --device cuda --size 320 --width 64 --volumes 8 --slices 16 --batch-size 64 2>&1 | grep -v "^RUN " | tee "$out/evaluate.json"
-d=$(mktemp -d)
-timeout 240 bash -c "python3 -m mrrobust.cli synth $d/raw --volumes 48 --slices 8 --crop 64 >/dev/null &&
-  python3 -m mrrobust.cli prepare --fastmri $d/raw/knee --annotations $d/raw/annotations --out $d/store --crop 64 --no-progress >/dev/null &&
-  python3 -m mrrobust.cli benchmark --data $d/store --out $d/bench --width 16 --groups 8 --lr 1e-3 --max-epochs 3 --patience 3 \
-    --severities 1,3,5 --bootstrap 200 --accelerator gpu --device cuda --workers 2 --quiet &&
-  python3 -m mrrobust.cli evaluate $d/bench/runs/batch-seed0 $d/bench/runs/group-seed0 $d/bench/runs/layer-seed0 --data $d/store \
-    --out $d/cpu --severities 1,3,5 --bootstrap 200 --device cpu --quiet &&
-  cp $d/bench/report/report.md $out/report.md && cp $d/bench/results/results.csv $out/results_cuda.csv && cp $d/cpu/results.csv $out/results_cpu.csv &&
-  python3 benchmarks/compare_results.py $d/bench/results $d/cpu" 2>&1 | tail -40 | tee "$out/benchmark_cli.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tee -a "$out/gpu.txt"
+m320=${MEMORY_320:-112,448}; m64=${MEMORY_64:-630,6300}
+timeout 280 bash -c "OMP_NUM_THREADS=4 python3 benchmarks/evaluate.py --stores-only --work $work --size 320 --slices 16 --memory $m320 &&
+  OMP_NUM_THREADS=4 python3 benchmarks/evaluate.py --stores-only --work $work --size 64 --slices 30 --memory $m64" \
+  > "$out/stores.log" 2>&1 &
+stores=$!
+grid="--device cuda --size 320 --width 64 --volumes 8 --slices 16 --batch-size 128 --bn-modes eval,adapt --work $work"
+timeout 120 python3 benchmarks/evaluate.py $grid 2>&1 | tee "$out/evaluate_eager.json"
+timeout 200 python3 benchmarks/evaluate.py $grid --compile 2>&1 | tee "$out/evaluate_compiled.json"
+wait $stores
+timeout 60 python3 benchmarks/evaluate.py --device cuda --skip-grid --work "$work" --size 320 --width 64 --slices 16 \
+  --batch-size 128 --memory "$m320" 2>&1 | tee "$out/memory_320.json"
+timeout 60 python3 benchmarks/evaluate.py --device cuda --skip-grid --work "$work" --size 64 --width 64 --slices 30 \
+  --batch-size 128 --memory "$m64" 2>&1 | tee "$out/memory_64.json"
+rm -rf "$work"

@@ -47,6 +47,15 @@ def test_finished_work_is_never_overwritten_without_retrain(tiny_store, tmp_path
     assert [run["state"] for run in again["runs"]] == ["finished"]
     assert again["results"]["state"] == "resume" and again["results"]["done"] == again["results"]["cells"] == 2
     assert plan_differences(again) == []
+    # the plan's evaluation settings are those evaluate recorded (one function: planned_settings)
+    import json
+
+    from mrrobust.benchmark import COMPARED_RESULTS
+
+    recorded = json.loads((out / "results" / "evaluation.json").read_text())
+    assert set(COMPARED_RESULTS) <= set(again["evaluation"]) <= set(recorded)
+    assert again["evaluation"] == {key: recorded[key] for key in again["evaluation"]}
+    assert {"batch_size", "device", "compile", "tent"} <= set(again["evaluation"])
 
     longer = dict(TRAIN, max_epochs=2)
     with pytest.raises(MrRobustError, match=r"runs/layer-seed0: max_epochs 1 -> 2 .the finished run would train "

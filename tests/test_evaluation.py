@@ -311,6 +311,7 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tiny_store, synth_root, 
         (dict(store=no_test), "no 'test' slices"),
         (dict(store=tmp_path / "nowhere"), "not a finished STORE"),
         (dict(out=busy), "holds no evaluation.json"),
+        (dict(compile="yes"), "compile 'yes' must be True or False"),
     ]
     for change, says in cases:
         arguments = {"runs": [runs["layer"]], "store": tiny_store, "out": out, **change}
@@ -326,14 +327,14 @@ def test_non_finite_predictions_are_refused_and_redone_on_resume(runs, tiny_stor
     from mrrobust import evaluation
 
     out = tmp_path / "results"
-    real = evaluation._predict
-    monkeypatch.setattr(evaluation, "_predict", lambda *a, **k: real(*a, **k) * np.nan)
+    real = evaluation._probabilities
+    monkeypatch.setattr(evaluation, "_probabilities", lambda *a, **k: real(*a, **k) * np.nan)
     with pytest.raises(MrRobustError, match="NaN or inf") as err:
         evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
                  bootstrap=10, progress=False)
     assert "\n" not in str(err.value)
     assert not list((out / "predictions").rglob("*.npy"))  # nothing counted as finished
-    monkeypatch.setattr(evaluation, "_predict", real)
+    monkeypatch.setattr(evaluation, "_probabilities", real)
     summary = evaluate([runs["layer"]], tiny_store, out, artifacts=["noise"], severities=[1], bn_modes=["eval"],
                        bootstrap=10, progress=False)
     assert summary["computed"] == 2 and summary["reused"] == 0
@@ -545,3 +546,113 @@ def test_explicit_mixed_arm_compares_eval_only_and_keeps_every_run_mode_in_resul
         {("layer-seed0", "eval")}
     assert len(mine) == 3 * 20 * 2 + 2 * 3 * 20 * 2  # runs x modes x (4 + mean labels x 4 metrics) x 2 cells
     assert mine == {k: theirs[k] for k in mine}  # the same volume draws: the same per-run rows
+
+
+STREAM = dict(artifacts=("noise", "motion"), severities=(5,), split=SPLIT,
+              bn_modes=("eval", "adapt", "tent"), bootstrap=10, progress=False)
+
+
+def _in_memory(model, images, seeds, levels, artifact, batch_size, mode):
+    """The split held whole (SliceDataset items stacked), corrupted and predicted batch by batch
+    in order: what `evaluate` computed before it streamed from the STORE."""
+    from mrrobust.adaptation import tent_predict
+    from mrrobust.analysis import adapt_batch_norm
+
+    chunks = [slice(k, k + batch_size) for k in range(0, len(images), batch_size)]
+    with torch.no_grad():
+        inputs = [corrupt(images[c], artifact, 5, seeds[c], reference=levels[c])[:, None]
+                  if artifact != "clean" else images[c].abs()[:, None] for c in chunks]
+    if mode == "tent":
+        return tent_predict(model, inputs), inputs
+    if mode == "adapt":
+        model = adapt_batch_norm(model, inputs)
+    with torch.inference_mode():
+        return torch.cat([positive_probability(model(x)) for x in inputs]).numpy(), inputs
+
+
+def test_streamed_batches_give_the_predictions_of_the_split_held_in_memory(runs, tiny_store, tmp_path):
+    """Streaming from the STORE changes nothing: with a batch smaller than a volume and with
+    one batch holding the whole split, every prediction file equals (bit for bit) the split
+    held in memory and predicted batch by batch; each slice's corrupted input (its seed, its
+    whole volume's noise level) is the same whichever batch holds it."""
+    from mrrobust.artifacts.kspace import volume_level
+
+    complex_set = SliceDataset(tiny_store, SPLIT, kind="complex")
+    images = torch.stack([image for image, _, _ in complex_set])
+    seeds = torch.tensor([slice_seed(i, 0) for i in complex_set.slice_ids])
+    volumes = [i.rsplit(":", 1)[0] for i in complex_set.slice_ids]
+    per_volume = {v: volumes.count(v) for v in set(volumes)}
+    level = {v: volume_level(images[[k for k, w in enumerate(volumes) if w == v]]) for v in per_volume}
+    levels = torch.tensor([level[v] for v in volumes], dtype=torch.float64)
+    small, whole = 5, len(complex_set)
+    assert small < min(per_volume.values()) and len(per_volume) > 1
+    inputs = {}
+    for batch_size in (small, whole):
+        out = tmp_path / f"batch{batch_size}"
+        evaluate([runs["batch"], runs["layer"]], tiny_store, out, batch_size=batch_size, **STREAM)
+        for name, modes in (("batch", STREAM["bn_modes"]), ("layer", ("eval",))):
+            model, _ = load(runs[name])
+            for mode in modes:
+                for artifact, severity in (("clean", 0), ("noise", 5), ("motion", 5)):
+                    expected, inputs[batch_size, artifact] = _in_memory(
+                        model, images, seeds, levels, artifact, batch_size, mode)
+                    got = predictions(out, runs[name].name, mode, artifact, severity)
+                    np.testing.assert_array_equal(got, expected, err_msg=f"{name} {mode} {artifact} {batch_size}")
+    for artifact in ("noise", "motion"):  # batch composition does not change a slice's corruption
+        assert torch.equal(torch.cat(inputs[small, artifact]), torch.cat(inputs[whole, artifact]))
+    # eval-mode predictions then agree across batch sizes to float rounding
+    np.testing.assert_allclose(predictions(tmp_path / f"batch{small}", "layer-seed0", "eval", "noise", 5),
+                               predictions(tmp_path / f"batch{whole}", "layer-seed0", "eval", "noise", 5),
+                               rtol=0, atol=1e-6)
+
+
+def test_stream_reads_the_store_batch_by_batch_as_the_dataset_items(tiny_store):
+    from mrrobust.evaluation import _stream, _volume_levels
+    from mrrobust.artifacts.kspace import volume_level
+
+    dataset = SliceDataset(tiny_store, SPLIT, kind="complex")
+    batches = list(_stream(dataset, 7, torch.device("cpu")))
+    assert [start for start, _ in batches] == list(range(0, len(dataset), 7))
+    streamed = torch.cat([images for _, images in batches])
+    assert torch.equal(streamed, torch.stack([image for image, _, _ in dataset]))
+    volumes = np.array([i.rsplit(":", 1)[0] for i in dataset.slice_ids])
+    levels = _volume_levels(dataset, 7)
+    for volume in set(volumes):
+        rows = np.flatnonzero(volumes == volume)
+        assert torch.allclose(levels[rows], torch.tensor(volume_level(streamed[rows]), dtype=torch.float64),
+                              rtol=1e-12, atol=0)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_anything_is_written(runs, tiny_store, tmp_path, monkeypatch):
+    import shutil as shell
+
+    monkeypatch.setattr(shell, "which", lambda name: None)
+    with pytest.raises(MrRobustError, match="--compile on the CPU needs a C.. compiler") as err:
+        evaluate([runs["layer"]], tiny_store, tmp_path / "results", device="cpu", compile=True, progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "results").exists()
+
+
+def test_compiled_adabn_pass_equals_the_eager_one_in_every_cell(runs, tiny_store, tmp_path):
+    """--compile (kept tiny: torch.compile on the CPU builds C++ kernels, about a minute): the
+    batch-norm run's AdaBN prediction pass is compiled once and takes each cell's statistics
+    (its buffers are updated in place, no stale statistics) and the short last batch (padded);
+    its predictions equal the eager ones to float rounding; the recorder's eval pass stays
+    eager (equal bit for bit)."""
+    settings = dict(artifacts=("noise",), severities=(5,), split=SPLIT, bn_modes=("eval", "adapt"),
+                    bootstrap=10, progress=False, device="cpu")
+    size = len(SliceDataset(tiny_store, SPLIT)) - 3  # a short last batch: padded, one graph
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    evaluate([runs["batch"]], tiny_store, eager, batch_size=size, **settings)
+    evaluate([runs["batch"]], tiny_store, compiled, batch_size=size, compile=True, **settings)
+    assert json.loads((compiled / "evaluation.json").read_text())["compile"] is True
+    run = runs["batch"].name
+    for artifact, severity in (("clean", 0), ("noise", 5)):
+        np.testing.assert_allclose(predictions(compiled, run, "adapt", artifact, severity),
+                                   predictions(eager, run, "adapt", artifact, severity), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(predictions(compiled, run, "eval", artifact, severity),
+                                      predictions(eager, run, "eval", artifact, severity))
+    clean, noisy = (predictions(compiled, run, "adapt", *cell) for cell in (("clean", 0), ("noise", 5)))
+    assert np.abs(clean - noisy).max() > 1e-3  # the second cell's statistics were taken
+    # a compiled folder resumes an eager one (compile changes float rounding only)
+    summary = evaluate([runs["batch"]], tiny_store, eager, batch_size=size, compile=True, **settings)
+    assert summary["computed"] == 0

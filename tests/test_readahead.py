@@ -79,3 +79,37 @@ def test_load_without_map_populate_reads_to_the_end(tmp_path, monkeypatch):
     load(path)  # the fallback: plain reads of the whole file
     with pytest.raises(IsADirectoryError):
         load(tmp_path)
+
+
+def test_prefetch_keeps_order_stays_at_most_ahead_and_raises_where_the_producer_failed():
+    from mrrobust.data.readahead import prefetch
+
+    produced = []
+
+    def items(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"item {i}")
+            produced.append(i)
+            yield i
+
+    got = []
+    for item in prefetch(items(6), ahead=2):
+        time.sleep(0.05)  # the producer may run ahead meanwhile, by at most `ahead` + 1
+        assert len(produced) <= item + 1 + 2 + 1
+        got.append(item)
+    assert got == list(range(6))
+    produced.clear()
+    with pytest.raises(ValueError, match="item 3"):
+        assert [i for i in prefetch(items(6, fail_at=3), ahead=1)] == "never"
+    assert produced == [0, 1, 2]
+
+
+def test_prefetch_closed_early_stops_its_thread():
+    from mrrobust.data.readahead import prefetch
+
+    before = threading.active_count()
+    stream = prefetch(iter(range(1000)), ahead=1)
+    assert next(stream) == 0
+    stream.close()
+    assert _wait_for(lambda: threading.active_count() == before)

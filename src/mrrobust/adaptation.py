@@ -88,37 +88,50 @@ def tent_predict(model: nn.Module, batches: Iterable[torch.Tensor], lr: float = 
     positive probabilities float32 `(N, L)`. Batch norm runs on batch statistics; only its
     weight and bias are trained (Adam, `lr`), `steps` updates per batch, each batch's prediction
     taken from the forward pass of its last update. `autocast`: a context-manager factory for
-    the forward (None: none). `model` is untouched."""
-    from contextlib import nullcontext
-
-    from mrrobust.models import positive_probability
-
-    adapted = copy.deepcopy(model).eval()
-    for parameter in adapted.parameters():
-        parameter.requires_grad_(False)
-    parameters = []
-    for _, module in batch_norm_layers(adapted):
-        module.train()
-        module.track_running_stats = False  # normalise with batch statistics only
-        module.running_mean = module.running_var = None
-        for parameter in (module.weight, module.bias):
-            if parameter is not None:
-                parameter.requires_grad_(True)
-                parameters.append(parameter)
-    optimizer = torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999)) if parameters else None
-    device = next(adapted.parameters()).device
-    context = autocast or nullcontext
-    predictions = []
-    with torch.enable_grad():
-        for batch in batches:
-            batch = batch.to(device)
-            for _ in range(max(1, steps)):
-                with context():
-                    logits = adapted(batch)
-                if optimizer is not None:
-                    loss = binary_entropy(logits)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-            predictions.append(positive_probability(logits.detach()))
+    the forward (None: none). `model` is untouched. `Tent` is the same one batch at a time."""
+    tent = Tent(model, lr, steps, autocast)
+    predictions = [tent.step(batch) for batch in batches]
     return torch.cat(predictions).float().cpu().numpy()
+
+
+class Tent:
+    """TENT (`tent_predict`) fed batch by batch, in order: `step(batch)` updates the copy's
+    batch-norm affine parameters on `batch` `(B, 1, H, W)` and returns its positive
+    probabilities `(B, L)` (on the device, detached). Runs eagerly: its backward and optimizer
+    step are not compiled."""
+
+    def __init__(self, model: nn.Module, lr: float = TENT_LR, steps: int = TENT_STEPS,
+                 autocast=None):
+        from contextlib import nullcontext
+
+        adapted = copy.deepcopy(model).eval()
+        for parameter in adapted.parameters():
+            parameter.requires_grad_(False)
+        parameters = []
+        for _, module in batch_norm_layers(adapted):
+            module.train()
+            module.track_running_stats = False  # normalise with batch statistics only
+            module.running_mean = module.running_var = None
+            for parameter in (module.weight, module.bias):
+                if parameter is not None:
+                    parameter.requires_grad_(True)
+                    parameters.append(parameter)
+        self.adapted, self.steps = adapted, steps
+        self.optimizer = torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999)) if parameters else None
+        self.device = next(adapted.parameters()).device
+        self.context = autocast or nullcontext
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        from mrrobust.models import positive_probability
+
+        batch = batch.to(self.device)
+        with torch.enable_grad():
+            for _ in range(max(1, self.steps)):
+                with self.context():
+                    logits = self.adapted(batch)
+                if self.optimizer is not None:
+                    loss = binary_entropy(logits)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+        return positive_probability(logits.detach())

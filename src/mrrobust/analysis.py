@@ -136,31 +136,51 @@ def adapt_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Mo
     variances (weighting a short last batch like a full one and dropping the spread
     between batch means). `num_batches_tracked` counts the batches.
     Everything else in the copy equals `model`, which is left untouched. A model without
-    batch norm comes back as an eval-mode copy.
+    batch norm comes back as an eval-mode copy. `BatchNormAdapter` is the same fed one batch
+    at a time (what `evaluate` streams).
     """
-    adapted = copy.deepcopy(model).eval()
-    layers = [(name, m) for name, m in batch_norm_layers(adapted) if m.track_running_stats]
-    if not layers:
-        return adapted
-    parameter = next(adapted.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    for _, module in layers:
-        module.reset_running_stats()
-        module.train()
-    recorder = BNRecorder(adapted)
-    seen = 0
-    with torch.no_grad(), recorder:
-        for batch in batches:
-            adapted(batch.to(device, non_blocking=True))
-            seen += 1
-    if not seen:
-        raise MrRobustError("adapt_batch_norm got no input batches; pass the (corrupted) "
-                            "split's inputs to re-estimate the batch-norm statistics from")
-    statistics = recorder.statistics()
-    with torch.no_grad():
-        for name, module in layers:
-            if statistics[name] is not None:
-                mean, var = statistics[name]
-                module.running_mean.copy_(mean)
-                module.running_var.copy_(var)
-    return adapted.eval()
+    adapter = BatchNormAdapter(model)
+    for batch in batches:
+        adapter.add(batch)
+    return adapter.finish()
+
+
+class BatchNormAdapter:
+    """AdaBN (`adapt_batch_norm`) fed batch by batch: `add(batch)` for every batch of the
+    (corrupted) split, then `finish()` -> the adapted eval-mode copy. `model` is untouched."""
+
+    def __init__(self, model: nn.Module):
+        self.adapted = copy.deepcopy(model).eval()
+        self.layers = [(name, m) for name, m in batch_norm_layers(self.adapted) if m.track_running_stats]
+        parameter = next(self.adapted.parameters(), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        for _, module in self.layers:
+            module.reset_running_stats()
+            module.train()
+        self.recorder = BNRecorder(self.adapted)
+        self.seen = 0
+
+    def add(self, batch: torch.Tensor) -> None:
+        """One no-grad forward of `batch` `(B, 1, H, W)` with batch norm in train mode."""
+        if not self.layers:  # nothing to estimate
+            return
+        with torch.no_grad(), self.recorder:
+            self.adapted(batch.to(self.device, non_blocking=True))
+        self.seen += 1
+
+    def finish(self) -> nn.Module:
+        """The copy with every batch-norm layer's running statistics set to those of its
+        input over every batch added, in eval mode."""
+        if not self.layers:
+            return self.adapted
+        if not self.seen:
+            raise MrRobustError("adapt_batch_norm got no input batches; pass the (corrupted) "
+                                "split's inputs to re-estimate the batch-norm statistics from")
+        statistics = self.recorder.statistics()
+        with torch.no_grad():
+            for name, module in self.layers:
+                if statistics[name] is not None:
+                    mean, var = statistics[name]
+                    module.running_mean.copy_(mean)
+                    module.running_var.copy_(var)
+        return self.adapted.eval()

@@ -210,37 +210,6 @@ def _check_seeds(seeds) -> list[int]:
     return seeds
 
 
-def _evaluation_settings(store: Path, options: dict) -> dict:
-    """The evaluate settings the benchmark will use (evaluate's defaults filled in), checked,
-    with the grid axes resolved as evaluate records them in evaluation.json."""
-    import inspect
-
-    from mrrobust.adaptation import BN_MODES
-    from mrrobust.artifacts import SUITES
-    from mrrobust.evaluation import check_settings, evaluate, resolve_device
-
-    defaults = {name: p.default for name, p in inspect.signature(evaluate).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    settings = {**defaults, **options}
-    check_settings(**settings)
-    suite = settings["suite"]
-    artifacts = settings["artifacts"] if settings["artifacts"] is not None else list(SUITES[suite])
-    modes = [settings["bn_modes"]] if isinstance(settings["bn_modes"], str) else list(settings["bn_modes"])
-    severities = settings["severities"]
-    severities = [severities] if isinstance(severities, int) else list(severities)
-    device = resolve_device(settings["device"])
-    import torch
-
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return {"store": str(Path(store).resolve()), "split": settings["split"], "suite": suite,
-            "artifacts": list(dict.fromkeys([artifacts] if isinstance(artifacts, str) else artifacts)),
-            "severities": [int(s) for s in dict.fromkeys(severities)],
-            "bn_modes": [m for m in BN_MODES if m in modes], "bn_prior": float(settings["bn_prior"]),
-            "threshold_from": settings["threshold_from"], "seed": int(settings["seed"]),
-            "bootstrap": int(settings["bootstrap"]), "level": float(settings["level"]),
-            "precision": "bf16" if bf16 else "32"}
-
-
 COMPARED_RESULTS = ("store", "split", "suite", "artifacts", "severities", "bn_modes", "bn_prior",
                     "threshold_from", "seed", "bootstrap", "level", "precision")
 
@@ -259,7 +228,9 @@ def plan(store: Path, out: Path, norms=NORMS, seeds=SEEDS, *, train_options: dic
     out, store = Path(out), Path(store)
     train_options = {k: v for k, v in (train_options or {}).items() if k not in ("quiet", "resume", "norm", "seed")}
     norms, seeds = _check_norms(norms), _check_seeds(seeds)
-    expected = _evaluation_settings(store, evaluate_options or {})
+    from mrrobust.evaluation import planned_settings
+
+    expected = planned_settings(store, **(evaluate_options or {}))  # what evaluate records
     if expected["bootstrap"] == 0 and len(seeds) == 1:
         raise MrRobustError("--bootstrap 0 with one seed per norm leaves nothing to resample (neither test volumes "
                             "nor seeds): no interval or test is possible; pass --bootstrap 2000 or several --seeds")

@@ -319,6 +319,7 @@ def evaluate(
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
     level: float = typer.Option(0.95, help="Confidence level of the intervals."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: predict only shard I of N of the (run, artifact, severity) cells, into its own --out; no tables (merge the N folders with `mrrobust report SHARD...`)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the passes without hooks (eval of runs without batch norm, prior, AdaBN's prediction pass); predictions equal to float rounding. Pays on a GPU for large grids; compiling costs about a minute per network."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Every run on every artifact x severity of a STORE split: predictions, per-run and per-arm metrics with CIs, arm comparisons with Holm / BH adjusted p-values."""
@@ -338,7 +339,7 @@ def evaluate(
                           artifacts=_names(artifacts), severities=_integers(severities, "--severities"), split=split,
                           bn_modes=_names(bn_modes), bn_prior=bn_prior, threshold_from=threshold_from,
                           batch_size=batch_size, device=device, seed=seed, bootstrap=bootstrap, level=level,
-                          shard=shard, progress=not quiet)
+                          shard=shard, compile=compile, progress=not quiet)
     if shard is not None:
         print(f"{result['out']}: shard {shard.strip()}: {result['cells']} prediction files ({result['computed']} "
               f"computed now, {result['reused']} finished before); merge every shard with `mrrobust report SHARD... --out REPORT`")

@@ -42,9 +42,13 @@ one. An undefined number is an empty cell.
 
 Inputs are built as in training: the complex image divided by the STORE scale, corrupted
 on the device (`artifacts.corrupt`, the slice's seed `slice_seed(slice_id, seed)`, so every
-model sees identical inputs), magnitude `(B, 1, H, W)`. Each cell's corrupted split is made
-once and fed to every run. On CUDA the forward runs under bf16 autocast in the run's
-memory format; on the CPU in float32.
+model sees identical inputs; `reference=` its whole volume's signal level, from one streamed
+pass over the split), magnitude `(B, 1, H, W)`. The split is streamed from the STORE
+(`_stream`: a background thread reads the next batch, pinned and copied on a side stream on
+CUDA), never held: each batch of a cell is corrupted once and fed to every pending
+(run, bn_mode) pass (`_Pass`); AdaBN streams the cell twice (statistics, then predictions).
+Device memory is bounded by a few batches. On CUDA the forward runs under bf16 autocast in the
+run's memory format; on the CPU in float32. `compile` compiles the passes without hooks.
 """
 
 from __future__ import annotations
@@ -95,8 +99,112 @@ BN_SHIFT_COLUMNS = ("run", "artifact", "severity", "layer", "depth", "channels",
                     "var_log_ratio")
 # evaluation.json entries that do not change the numbers enough to refuse a resume
 # (batch_size matters to prior and tent, whose statistics are per batch: compared then)
-UNCOMPARED = ("batch_size", "device")  # precision is compared: one table never mixes bf16 and fp32
+# (compile, like device, changes float rounding only)
+UNCOMPARED = ("batch_size", "device", "compile")  # precision is compared: one table never mixes bf16 and fp32
 BATCH_MODES = ("prior", "tent")
+
+
+# ---- compilation and stage times -----------------------------------------------------------
+
+
+def _compiled(model: torch.nn.Module, batch_size: int | None = None) -> torch.nn.Module:
+    """`torch.compile(model)` for inference, static shapes. With `batch_size` (a network
+    whose slices do not interact: eval mode) a short last batch is padded with zeros to
+    `batch_size` and its padding dropped from the output, so one graph serves the split;
+    without (prior: batch statistics) the last batch compiles a second graph."""
+    compiled = torch.compile(model, dynamic=False)
+    return compiled if batch_size is None else _FullBatches(compiled, batch_size)
+
+
+class _FullBatches(torch.nn.Module):
+    """`model` fed `(batch_size, ...)` always: a shorter batch `(n, ...)` is zero-padded and
+    the output cut back to its `n` rows."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int):
+        super().__init__()
+        self.model, self.batch_size = model, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n >= self.batch_size:
+            return self.model(x)
+        padding = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+        return self.model(torch.cat([x, padding]))[:n]
+
+
+def check_compile(compile: bool, device: torch.device) -> bool:
+    """Refuse --compile where torch.compile cannot build kernels: on the CPU without a C++
+    compiler, on CUDA without Triton."""
+    import importlib.util
+    import shutil
+
+    if not isinstance(compile, bool):
+        raise MrRobustError(f"compile {compile!r} must be True or False (--compile)")
+    if compile and device.type == "cpu" and not any(
+            shutil.which(name) for name in ("g++", "c++", "clang++")):
+        raise MrRobustError("--compile on the CPU needs a C++ compiler (g++ or clang++) on the "
+                            "PATH; install one or drop --compile")
+    if compile and device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise MrRobustError("--compile on CUDA needs Triton (pip install triton); install it or "
+                            "drop --compile")
+    return compile
+
+
+_times: dict | None = None  # {"seconds": {stage: s}, "slices": {norm: model passes}} while timed
+
+
+def stage_times():
+    """A context manager timing `evaluate`'s stages while it is active (benchmarks):
+    yields `{"seconds": {stage: s}, "slices": {norm: slices through a model pass}}`. On CUDA
+    every timed stage ends with a synchronisation, which costs some overlap."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def timing():
+        global _times
+        _times = {"seconds": {}, "slices": {}}
+        try:
+            yield _times
+        finally:
+            _times = None
+    return timing()
+
+
+def _add_time(name: str, seconds: float) -> None:
+    if _times is not None:
+        _times["seconds"][name] = _times["seconds"].get(name, 0.0) + seconds
+
+
+def _count(norm: str, slices: int) -> None:
+    if _times is not None:
+        _times["slices"][norm] = _times["slices"].get(norm, 0) + slices
+
+
+class _stage:
+    """`with _stage(name, where):` adds the block's seconds to `stage_times()` (a no-op when
+    not timed); synchronises `where`'s CUDA device first and last."""
+
+    def __init__(self, name: str, where=None):
+        self.name, self.where = name, where
+
+    def _sync(self) -> None:
+        if self.where is not None and self.where.device.type == "cuda":
+            torch.cuda.synchronize(self.where.device)
+
+    def __enter__(self):
+        import time
+
+        if _times is not None:
+            self._sync()
+            self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        if _times is not None:
+            self._sync()
+            _add_time(self.name, time.perf_counter() - self.started)
 
 
 # ---- settings ------------------------------------------------------------------------------
@@ -123,6 +231,40 @@ class Run:
     kind: str = "run"  # "run" (a RUN folder) or "model" (a MODEL folder, models/exported.py)
     present: np.ndarray = field(default_factory=lambda: np.ones(len(LABELS), bool))  # (4,) bool
     rules: list = field(default_factory=lambda: [""] * len(LABELS))  # the operating points' rules
+    compile: bool = False  # torch.compile the passes without hooks (`network`, `adapted`)
+    _networks: dict = field(default_factory=dict, repr=False)
+
+    def network(self, mode: str, bn_prior: float | None = None,
+                batch_size: int | None = None) -> torch.nn.Module:
+        """The eval-mode network of a pass without hooks: "eval" (the run's own) or "prior"
+        (its `adaptation.prior_batch_norm` copy), made once per run and `torch.compile`d when
+        `compile` (a MODEL's program never is: it runs as exported); compiled eval pads a
+        short last batch to `batch_size` (`_compiled`)."""
+        from mrrobust.adaptation import prior_batch_norm
+
+        key = (mode, bn_prior, batch_size)
+        if key not in self._networks:
+            model = self.model if mode == "eval" else prior_batch_norm(self.model, bn_prior)
+            self._networks[key] = (_compiled(model, batch_size if mode == "eval" else None)
+                                   if self.compile and self.kind == "run" else model)
+        return self._networks[key]
+
+    def adapted(self, model: torch.nn.Module, batch_size: int | None = None) -> torch.nn.Module:
+        """The network of AdaBN's prediction pass, `model` the cell's adapted copy. Compiled:
+        one compiled copy per run takes each cell's statistics (its buffers are copied in
+        place), so a new cell is not a new compilation; a short last batch is padded."""
+        if not self.compile:
+            return model
+        if "adapt" not in self._networks:
+            import copy
+
+            target = copy.deepcopy(model).eval()
+            self._networks["adapt"] = (target, _compiled(target, batch_size))
+        target, compiled = self._networks["adapt"]
+        with torch.no_grad():
+            for mine, theirs in zip(target.buffers(), model.buffers()):
+                mine.copy_(theirs)
+        return compiled
 
     def record(self) -> dict:
         common = {"name": self.name, "given": self.given, "path": str(self.path),
@@ -306,18 +448,35 @@ def _check_prior(bn_prior: float) -> float:
     return float(bn_prior)
 
 
-def check_settings(*, suite: str = "mrrobust", artifacts=None, severities=(1, 2, 3, 4, 5),
-                   bn_modes=("eval", "adapt", "prior", "tent"), batch_size: int = 64,
-                   device: str = "auto", seed: int = 0, bootstrap: int = DEFAULT_BOOTSTRAP,
-                   level: float = 0.95, threshold_from: str = "clean-val", bn_prior: float = 16.0,
-                   **_) -> None:
-    """Refuse bad `evaluate` settings before any work (`benchmark` calls it before training)."""
-    _grid_axes(suite, artifacts, severities)
-    _check_modes(bn_modes)
-    _check_threshold_from(threshold_from)
-    _check_prior(bn_prior)
+def planned_settings(store: Path | str, **options) -> dict:
+    """The evaluation.json entries that follow from `evaluate`'s arguments alone (not from its
+    RUNs, arms or shard), checked, with `evaluate`'s defaults for what `options` lacks (keys
+    evaluate does not take are ignored): what `evaluate` records and `benchmark.plan`
+    compares with a finished evaluation, from one function. Refuses bad settings before any
+    work (`benchmark` calls it before training)."""
+    import inspect
+
+    from mrrobust.adaptation import TENT_LR, TENT_STEPS
+
+    parameters = inspect.signature(evaluate).parameters
+    given = {k: v for k, v in options.items() if k in parameters}
+    settings = {name: p.default for name, p in parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    settings.update(given)
+    names, levels = _grid_axes(settings["suite"], settings["artifacts"], settings["severities"])
+    modes = _check_modes(settings["bn_modes"])
+    threshold_from = _check_threshold_from(settings["threshold_from"])
+    bn_prior = _check_prior(settings["bn_prior"])
+    batch_size, seed, bootstrap, level = (settings[k] for k in ("batch_size", "seed", "bootstrap", "level"))
     _check_numbers(batch_size, seed, bootstrap, level)
-    resolve_device(device)
+    where = Device.make(settings["device"])
+    compile = check_compile(settings["compile"], where.device)
+    return {"store": str(Path(store).resolve()), "split": settings["split"],
+            "suite": settings["suite"], "artifacts": names, "severities": levels,
+            "bn_modes": modes, "bn_prior": bn_prior, "tent": {"lr": TENT_LR, "steps": TENT_STEPS},
+            "threshold_from": threshold_from, "seed": int(seed), "bootstrap": int(bootstrap),
+            "level": float(level), "batch_size": int(batch_size), "device": str(where.device),
+            "precision": where.precision, "compile": compile}
 
 
 def _check_numbers(batch_size: int, seed: int, bootstrap: int, level: float) -> None:
@@ -497,7 +656,7 @@ def _warn_other_store(runs: list[Run], store: Path, manifest: dict) -> None:
 
 
 def _load_models(runs: list[Run], where: Device, modes: list[str], store_scale: float,
-                 size: int) -> None:
+                 size: int, compile: bool = False) -> None:
     """Load each RUN's network once onto the device and choose its bn_modes (eval only
     without batch norm). A MODEL's program: contiguous, eval only (a program cannot adapt
     its normalisation: its other bn_modes are n/a), inputs for a STORE of `store_scale`
@@ -519,29 +678,62 @@ def _load_models(runs: list[Run], where: Device, modes: list[str], store_scale: 
         run.model = model.to(memory_format=run.memory_format)
         run.batch_norm = has_batch_norm(model)
         run.modes = tuple(m for m in modes if m == "eval" or run.batch_norm)
+        run.compile = compile
 
 
-def _clean_batches(dataset, batch_size: int, seed: int, device: torch.device) -> list:
-    """The split as `[(complex images (B, H, W) on the device, seeds int64 (B,) on the CPU,
-    levels float64 (B,) on the device)]`; `levels` = each slice's volume signal level
-    (`artifacts.kspace.volume_level` over all the volume's slices in the split: a scan has one
-    thermal noise sigma), passed to `corrupt(..., reference=)`."""
-    from torch.utils.data import DataLoader
+def _slice_seeds(dataset, seed: int) -> torch.Tensor:
+    """int64 `(N,)`: `slice_seed(slice_id, seed)` of every slice of the split, in its order."""
+    from mrrobust.data.store import slice_seed
 
-    from mrrobust.data.store import collate_slices, slice_seed
+    return torch.tensor([slice_seed(i, seed) for i in dataset.slice_ids], dtype=torch.int64)
 
-    batches, energy, count = [], {}, {}
-    for images, _, ids in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_slices):
-        seeds = torch.tensor([slice_seed(i, seed) for i in ids], dtype=torch.int64)
-        volumes = [i.rsplit(":", 1)[0] for i in ids]
+
+def _volume_levels(dataset, batch_size: int) -> torch.Tensor:
+    """float64 `(N,)`: each slice's volume signal level (`artifacts.kspace.volume_level` over
+    all the volume's slices in the split: a scan has one thermal noise sigma), passed to
+    `corrupt(..., reference=)`; the same whichever batch holds which part of a volume. One
+    pass over the split on the CPU, `batch_size` slices at a time (bounded memory)."""
+    energy, count = {}, {}
+    volumes = [i.rsplit(":", 1)[0] for i in dataset.slice_ids]
+    for start in range(0, len(dataset), batch_size):
+        images = torch.from_numpy(dataset.read(start, min(start + batch_size, len(dataset))))
         power = torch.view_as_real(images).double().square().sum(dim=(1, 2, 3))  # |x|^2 per slice
-        for volume, p in zip(volumes, power.tolist()):
+        for volume, p in zip(volumes[start:start + len(images)], power.tolist()):
             energy[volume] = energy.get(volume, 0.0) + p
             count[volume] = count.get(volume, 0) + images[0].numel()
-        batches.append((images.to(device), seeds, volumes))
     level = {v: math.sqrt(energy[v] / count[v]) for v in energy}  # = volume_level of the volume's slices
-    return [(images, seeds, torch.tensor([level[v] for v in volumes], dtype=torch.float64, device=device))
-            for images, seeds, volumes in batches]
+    return torch.tensor([level[v] for v in volumes], dtype=torch.float64)
+
+
+def _stream(dataset, batch_size: int, device: torch.device, ahead: int = 1):
+    """`(start, complex images (B, H, W) on `device`)` for the consecutive batches of the
+    split, read from the STORE (`SliceDataset.read`) by a background thread
+    (`readahead.prefetch`) `ahead` batches beyond the one being computed on. On CUDA each
+    batch is read into one reused pinned buffer and copied on a side stream; at most
+    `ahead + 2` batches are on the device at once, whatever the size of the split."""
+    from mrrobust.data.readahead import prefetch
+
+    cuda = device.type == "cuda"
+
+    def produce():
+        pinned, side = None, torch.cuda.Stream(device) if cuda else None
+        for start in range(0, len(dataset), batch_size):
+            stop = min(start + batch_size, len(dataset))
+            with _stage("loading (background)"):
+                if not cuda:
+                    images = torch.from_numpy(dataset.read(start, stop))
+                else:
+                    if pinned is None or len(pinned) != stop - start:
+                        pinned = torch.empty((stop - start, *dataset.image_shape),
+                                             dtype=torch.complex64, pin_memory=True)
+                    dataset.read(start, stop, out=pinned.numpy())
+                    with torch.cuda.stream(side):
+                        images = pinned.to(device, non_blocking=True)
+                    side.synchronize()  # copied: the pinned buffer may be refilled
+                    images.record_stream(torch.cuda.current_stream(device))
+            yield start, images
+
+    return prefetch(produce(), ahead)
 
 
 def model_inputs(images: torch.Tensor, seeds: torch.Tensor, artifact: str, severity: int,
@@ -556,45 +748,97 @@ def model_inputs(images: torch.Tensor, seeds: torch.Tensor, artifact: str, sever
     return corrupt(images, artifact, severity, seeds, suite, reference=levels)[:, None]
 
 
-def _predict(model: torch.nn.Module, inputs: list[torch.Tensor], run: Run,
-             where: Device) -> np.ndarray:
-    """Positive probabilities float32 `(N, 4)` of `model` (eval mode) over the batches."""
+def _probabilities(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Positive probabilities `(B, 4)` of `model` on inputs `x` `(B, 1, H, W)`."""
     from mrrobust.models import positive_probability
 
-    with torch.inference_mode(), where.autocast():
-        probabilities = [positive_probability(model(x.contiguous(memory_format=run.memory_format)))
-                         for x in inputs]
-    return torch.cat(probabilities).float().cpu().numpy()
+    return positive_probability(model(x))
 
 
-def _predict_cell(run: Run, mode: str, inputs: list[torch.Tensor], where: Device,
-                  target: Path, record_bn: bool, bn_prior: float) -> None:
-    """Predict one cell in `mode` and write its files; eval mode records the batch-norm
-    statistics when `record_bn` (the evaluated split)."""
-    from mrrobust.adaptation import prior_batch_norm, tent_predict
-    from mrrobust.analysis import BNRecorder, adapt_batch_norm
-    from mrrobust.data.store import save_npy_atomic, write_json_atomic
+class _Pass:
+    """One (run, bn_mode) prediction of a cell, fed the cell's inputs batch by batch, in
+    order: `rounds` passes over the split (2 for adapt: statistics, then predictions)."""
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    batches = [x.contiguous(memory_format=run.memory_format) for x in inputs]
-    if mode == "tent":
-        predictions = tent_predict(run.model, batches, autocast=where.autocast)
-    elif mode in ("adapt", "prior"):
-        if mode == "adapt":
-            with where.autocast():
-                model = adapt_batch_norm(run.model, iter(batches))
+    def __init__(self, run: Run, mode: str, target: Path, where: Device, record_bn: bool,
+                 bn_prior: float, batch_size: int):
+        from mrrobust.adaptation import Tent
+        from mrrobust.analysis import BatchNormAdapter, BNRecorder
+
+        self.run, self.mode, self.target, self.where = run, mode, target, where
+        self.batch_size = batch_size
+        self.rounds, self.outputs, self.recorder = (2 if mode == "adapt" else 1), [], None
+        self.record_bn = record_bn and mode == "eval" and run.batch_norm
+        if mode == "tent":
+            self.tent = Tent(run.model, autocast=where.autocast)
+        elif mode == "adapt":
+            self.adapter = BatchNormAdapter(run.model)
+        elif mode == "prior":
+            self.model = run.network("prior", bn_prior)
+        elif run.batch_norm:  # the recorder's hooks: eager (`Run.network`)
+            self.model, self.recorder = run.model, BNRecorder(run.model)
         else:
-            model = prior_batch_norm(run.model, bn_prior)
-        predictions = _predict(model, inputs, run, where)
-    elif run.batch_norm:
-        recorder = BNRecorder(run.model)
-        with recorder:
-            predictions = _predict(run.model, inputs, run, where)
-        if record_bn:
-            write_json_atomic(_bn_path(target), {"rows": recorder.rows()})
-    else:  # no batch norm (a MODEL's program among them): nothing to record, no hooks
-        predictions = _predict(run.model, inputs, run, where)
-    save_npy_atomic(target, _finite(predictions, target, run.present))
+            self.model = run.network("eval", batch_size=batch_size)
+
+    def feed(self, inputs: torch.Tensor, round: int) -> None:
+        """Model inputs `(B, 1, H, W)` of the next batch, in pass `round`."""
+        from contextlib import nullcontext
+
+        x = inputs.contiguous(memory_format=self.run.memory_format)
+        if self.mode == "tent":
+            self.outputs.append(self.tent.step(x))
+        elif self.mode == "adapt" and round == 0:
+            with self.where.autocast():
+                self.adapter.add(x)
+        else:
+            with torch.inference_mode(), self.where.autocast(), (self.recorder or nullcontext()):
+                self.outputs.append(_probabilities(self.model, x))
+
+    def end(self, round: int) -> None:
+        if self.mode == "adapt" and round == 0:
+            self.model = self.run.adapted(self.adapter.finish(), self.batch_size)
+
+    def write(self) -> None:
+        from mrrobust.data.store import save_npy_atomic, write_json_atomic
+
+        predictions = torch.cat(self.outputs).float().cpu().numpy()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        if self.record_bn:
+            write_json_atomic(_bn_path(self.target), {"rows": self.recorder.rows()})
+        save_npy_atomic(self.target, _finite(predictions, self.target, self.run.present))
+
+
+def _predict_cell(passes: list[_Pass], dataset, artifact: str, severity: int, suite: str,
+                  seeds: torch.Tensor, levels: torch.Tensor, batch_size: int,
+                  where: Device) -> None:
+    """Stream the split from the STORE, corrupt each batch once (`model_inputs`) and feed it
+    to every pending pass of the cell; then write their files. AdaBN's second pass streams
+    (and corrupts) the split again: the same inputs, from the same per-slice seeds."""
+    import time
+    from contextlib import closing
+
+    for round in range(max(p.rounds for p in passes)):
+        active = [p for p in passes if round < p.rounds]
+        with closing(_stream(dataset, batch_size, where.device)) as batches:  # an error stops the thread
+            while True:
+                waited = time.perf_counter()
+                start, images = next(batches, (None, None))
+                _add_time("loading (wait)", time.perf_counter() - waited)
+                if start is None:
+                    break
+                stop = start + len(images)
+                with torch.no_grad(), _stage("artifact synthesis", where):
+                    inputs = model_inputs(images, seeds[start:stop], artifact, severity, suite,
+                                          levels[start:stop])
+                for p in active:
+                    with _stage(f"model passes: {p.run.norm}", where):
+                        p.feed(inputs, round)
+                    _count(p.run.norm, len(images))
+                del images, inputs
+        for p in active:
+            p.end(round)
+    with _stage("writing", where):
+        for p in passes:
+            p.write()
 
 
 def _finite(predictions: np.ndarray, target: Path, present: np.ndarray) -> np.ndarray:
@@ -622,7 +866,7 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
             folder = out / root / run.name / mode
             if folder.is_dir():
                 remove_temp_files(folder)  # what a killed evaluate left
-    size, clean, computed, reused = len(dataset), None, 0, 0
+    size, levels, computed, reused = len(dataset), None, 0, 0
     with progress_bar(progress) as bar:
         task = bar.add_task("evaluate" if record_bn else "thresholds", total=len(grid))
         for artifact, severity in grid:
@@ -639,15 +883,14 @@ def _predict_grid(out: Path, runs: list[Run], grid: list[tuple[str, int]], datas
                     else:
                         pending.append((run, mode, target))
             if pending:
-                if clean is None:  # read the split only when something is left to predict
-                    clean = _clean_batches(dataset, batch_size, seed, where.device)
-                with torch.no_grad():
-                    inputs = [model_inputs(images, seeds, artifact, severity, suite, levels)
-                              for images, seeds, levels in clean]
-                for run, mode, target in pending:
-                    _predict_cell(run, mode, inputs, where, target, record_bn, bn_prior)
+                if levels is None:  # read the split only when something is left to predict
+                    with _stage("loading (volume levels)", where):
+                        seeds, levels = _slice_seeds(dataset, seed), _volume_levels(dataset, batch_size)
+                passes = [_Pass(run, mode, target, where, record_bn, bn_prior, batch_size)
+                          for run, mode, target in pending]
+                _predict_cell(passes, dataset, artifact, severity, suite, seeds, levels,
+                              batch_size, where)
                 computed += len(pending)
-                del inputs
             bar.advance(task)
     return computed, reused
 
@@ -785,7 +1028,7 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
              bn_modes=("eval", "adapt", "prior", "tent"), bn_prior: float = 16.0,
              threshold_from: str = "clean-val", batch_size: int = 64, device: str = "auto",
              seed: int = 0, bootstrap: int = DEFAULT_BOOTSTRAP, level: float = 0.95,
-             shard: str | None = None, progress: bool = True) -> dict:
+             shard: str | None = None, compile: bool = False, progress: bool = True) -> dict:
     """Predict every RUN on every cell of the grid over `store`'s `split` and write the
     RESULTS folder `out` (module docstring; docs/API.md, RESULTS); resumes an interrupted
     evaluation.
@@ -811,31 +1054,26 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
     part = parse_shard(shard)
     run_paths, explicit = resolve_arms(runs, arms)
     runs = _read_runs(run_paths)
-    names, levels = _grid_axes(suite, artifacts, severities)
-    grid = grid_cells(names, levels)
-    modes = _check_modes(bn_modes)
-    threshold_from = _check_threshold_from(threshold_from)
-    bn_prior = _check_prior(bn_prior)
-    _check_numbers(batch_size, seed, bootstrap, level)
+    planned = planned_settings(store, suite=suite, artifacts=artifacts, severities=severities,
+                               split=split, bn_modes=bn_modes, bn_prior=bn_prior,
+                               threshold_from=threshold_from, batch_size=batch_size,
+                               device=device, seed=seed, bootstrap=bootstrap, level=level,
+                               compile=compile)
+    grid = grid_cells(planned["artifacts"], planned["severities"])
     arm_list, reference = _arms_of(runs, run_paths, explicit, reference_arm, bootstrap)
     cells = None if part is None else set(shard_cells([run.name for run in runs], grid, part))
     where = Device.make(device)
     dataset = _split_dataset(store, split)
+    threshold_from = planned["threshold_from"]
     threshold_set = _split_dataset(store, THRESHOLD_SPLIT) if threshold_from == "corrupted-val" else None
     _warn_other_store(runs, store, dataset.manifest)
-    _load_models(runs, where, modes, dataset.scale, int(dataset.manifest["crop"]))
-    from mrrobust.adaptation import TENT_LR, TENT_STEPS
-
+    _load_models(runs, where, planned["bn_modes"], dataset.scale, int(dataset.manifest["crop"]),
+                 compile)
+    bn_prior = planned["bn_prior"]
     settings = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
                 "runs": [run.record() for run in runs],
                 "arms": [_arm_record(arm, {run.name: run for run in runs}) for arm in arm_list],
-                "reference_arm": reference, "store": str(store.resolve()),
-                "split": split, "suite": suite, "artifacts": names, "severities": levels,
-                "bn_modes": modes, "bn_prior": bn_prior,
-                "tent": {"lr": TENT_LR, "steps": TENT_STEPS}, "threshold_from": threshold_from,
-                "seed": int(seed), "bootstrap": int(bootstrap), "level": float(level),
-                "batch_size": int(batch_size), "device": str(where.device),
-                "precision": where.precision}
+                "reference_arm": reference, **planned}
     if part is not None:  # recorded only when sharded: an unsharded folder still resumes
         settings["shard"] = part.record()
     _claim(out, settings)
@@ -852,8 +1090,10 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
                "sizes": sizes(store, split, FEW_POSITIVE_VOLUMES),
                "operating_points": {run.name: run.operating_points() for run in runs}}
     if part is None:
-        summary.update(_finish(out, runs, arm_list, reference, grid, dataset.targets,
-                               [row["volume"] for row in dataset.rows], threshold_set, settings))
+        with _stage("statistics"):
+            summary.update(_finish(out, runs, arm_list, reference, grid, dataset.targets,
+                                   [row["volume"] for row in dataset.rows], threshold_set,
+                                   settings))
     summary["environment"] = environment(where, time.perf_counter() - started)
     write_json_atomic(out / SETTINGS_FILE, {**settings, **summary})
     return {"out": out, "cells": computed + reused, "computed": computed, "reused": reused,

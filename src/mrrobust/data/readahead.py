@@ -7,13 +7,21 @@ find their input in memory. The kernel's hints (`posix_fadvise(WILLNEED)`,
 `readahead(2)`, `madvise(WILLNEED)`) did not populate the cache on the virtual disk we
 measured; a read-only `mmap` with `MAP_POPULATE` does, for about half the CPU time of
 reading the bytes (which is the fallback where `MAP_POPULATE` does not exist).
+
+`prefetch(items, ahead)` is the same idea one level up, for `evaluate`: a background thread
+produces the next batches (read from the STORE, copied to the GPU) while the caller computes
+on the current one.
 """
 
 from __future__ import annotations
 
 import mmap
+import queue
 import threading
 from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 CHUNK_BYTES = 8 << 20
 
@@ -64,3 +72,48 @@ def load(path: str | Path) -> None:
         buffer = bytearray(CHUNK_BYTES)
         while fh.readinto(buffer):
             pass
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], ahead: int = 1) -> Iterator[T]:
+    """`items` in order, produced by a background thread at most `ahead` items beyond the one
+    the caller holds (memory: `ahead + 2` items at most). An exception in the producer is
+    raised here, at the item it failed on; closing the generator early stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=max(ahead, 1))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((_END, None))
+        except BaseException as err:  # handed to the consumer
+            slots.put((_END, err))
+
+    thread = threading.Thread(target=produce, name="mrrobust-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain, so a producer blocked on a full queue sees stop
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()

@@ -179,6 +179,59 @@ class SliceDataset(Dataset):
             tensor = torch.from_numpy(image * self._inverse_scale)
         return tensor, torch.from_numpy(self.targets[i]), self.slice_ids[i]
 
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Slices `start:stop` of the split as one array, each equal to `self[i]`'s image:
+        complex64 `(n, H, W)` = x / scale (kind "complex") or float32 `(n, H, W)` = |x| / scale
+        ("magnitude"). Written into `out` when given (e.g. a pinned buffer of that shape).
+
+        Each run of consecutive slices of one volume is one positioned read of its `.npy`
+        file, with no memory map left open: memory stays bounded by the `n` slices read,
+        whatever the size of the split (what `evaluate` streams)."""
+        rows = np.arange(start, stop)
+        if out is None:
+            kind = np.complex64 if self.kind == "complex" else np.float32
+            out = np.empty((len(rows), *self.image_shape), kind)
+        raw = np.empty((len(rows), *self.image_shape), np.complex64)
+        begin = 0
+        while begin < len(rows):  # one read per run of consecutive slices of one volume
+            volume, first = self._volume_of[rows[begin]], self._slice_of[rows[begin]]
+            end = begin + 1
+            while (end < len(rows) and self._volume_of[rows[end]] == volume
+                   and self._slice_of[rows[end]] == first + (end - begin)):
+                end += 1
+            self._read_slices(int(volume), int(first), raw[begin:end])
+            begin = end
+        if self.kind == "magnitude":
+            np.abs(raw, out=out)
+            out *= self._inverse_scale
+        else:
+            np.multiply(raw, self._inverse_scale, out=out)  # the same ufunc as __getitem__
+        return out
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """`(H, W)` of every slice: the STORE's crop."""
+        crop = int(self.manifest["crop"])
+        return crop, crop
+
+    def _read_slices(self, volume: int, first: int, into: np.ndarray) -> None:
+        """Slices `first:first + len(into)` of volume `volume` (complex64) into `into`."""
+        path = self.store / VOLUMES / f"{self._volume_names[volume]}.npy"
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(fh)
+                if dtype != np.complex64 or fortran or tuple(shape[1:]) != into.shape[1:] \
+                        or first + len(into) > shape[0]:
+                    raise ValueError(f"holds {dtype} {shape}, not complex64 slices of {into.shape[1:]}")
+                fh.seek(fh.tell() + first * into[0].nbytes)
+                if fh.readinto(memoryview(into).cast("B")) != into.nbytes:
+                    raise ValueError("is shorter than its header says")
+        except (OSError, ValueError) as err:
+            raise MrRobustError(f"{path}: unreadable volume ({err}); re-run `mrrobust prepare`") from None
+
 
 def collate_slices(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """DataLoader `collate_fn` for `SliceDataset` items -> (images `(B, ...)`, targets `(B, 4)`, ids).
