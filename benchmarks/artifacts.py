@@ -65,6 +65,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-torchio", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best rate of each side counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -77,19 +78,26 @@ def main():
               "torch": torch.__version__, "ours_slices_per_s": {}}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    for name in ARTIFACTS:
-        result["ours_slices_per_s"][name] = round(ours(name, images, seeds, device, repeats), 1)
+    compare = device.type != "cuda" and not args.no_torchio
+    if compare:
+        import torchio
+
+        result["torchio"] = torchio.__version__
+        slice_ = base[:1].abs()[..., None]  # (1, H, W, 1)
+    best, tio_rate = {}, {}
+    for _ in range(args.rounds):  # rounds interleave ours and torchio; the best rate of each counts
+        for name in ARTIFACTS:
+            best[name] = max(best.get(name, 0.0), ours(name, images, seeds, device, repeats))
+            if compare and name in TORCHIO:
+                tio_rate[name] = max(tio_rate.get(name, 0.0), theirs(name, slice_, max(3, 10 * repeats // 3)))
+    result["rounds"] = args.rounds
+    result["ours_slices_per_s"] = {name: round(rate, 1) for name, rate in best.items()}
     if device.type == "cuda":  # the same seeds give the same corruption on CPU and CUDA
         cpu = images[:4].cpu()
         result["cpu_cuda_max_abs_diff"] = {
             name: float((corrupt(cpu, name, 3, seeds[:4]) - corrupt(images[:4], name, 3, seeds[:4]).cpu()).abs().max())
             for name in ARTIFACTS}
-    elif not args.no_torchio:
-        import torchio
-
-        result["torchio"] = torchio.__version__
-        slice_ = base[:1].abs()[..., None]  # (1, H, W, 1)
-        tio_rate = {n: theirs(n, slice_, max(3, 10 * repeats // 3)) for n in TORCHIO}
+    elif compare:
         result["torchio_slices_per_s"] = {n: round(v, 1) for n, v in tio_rate.items()}
         result["speedup"] = {n: round(result["ours_slices_per_s"][n] / tio_rate[n], 2) for n in TORCHIO}
         ours_ms = sum(1000 / result["ours_slices_per_s"][n] for n in TORCHIO)

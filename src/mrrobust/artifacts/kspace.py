@@ -405,7 +405,7 @@ def _replace_few_lines(k: torch.Tensor, planes: torch.Tensor, lines: torch.Tenso
     columns = torch.argsort((~lines).to(torch.uint8), dim=1, stable=True)[:, :limit]  # the lines first
     index = columns[:, None, :].expand(-1, h, -1)
     used = (torch.arange(limit, device=k.device)[None, :] < lines.sum(dim=1)[:, None])[:, None, :]
-    return k.scatter(-1, index, torch.where(used, line_spectrum(planes, columns), k.gather(-1, index)))
+    return k.scatter_(-1, index, torch.where(used, line_spectrum(planes, columns), k.gather(-1, index)))
 
 
 def _replace_lines_by_fft(k: torch.Tensor, planes: torch.Tensor, lines: torch.Tensor, limit: int) -> torch.Tensor:
