@@ -344,3 +344,22 @@ def test_cli_folds_a_warning_and_a_multiline_error_into_one_line(monkeypatch, ca
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert err == ("mrrobust verify: error: somewhere: h5py says: unable to open (after 2 warning(s): first warning; "
                    "UserWarning: a library says something)\n")
+
+
+def test_results_csv_cut_short_is_refused(tmp_path):
+    from mrrobust.arm_statistics import COLUMN_LABELS, RUN_METRICS
+
+    header = ",".join(contracts.RESULT_COLUMNS)
+    cell = [f"b,batch,0,eval,clean,0,{label},{metric},0.5,0.4,0.6" for metric in RUN_METRICS for label in COLUMN_LABELS]
+    path = tmp_path / "results.csv"
+    path.write_text("\n".join([header, *cell]) + "\n")
+    cells = {("b", "eval", "clean", "0")}
+    contracts._check_complete_results(path, contracts.read_results_csv(tmp_path), cells)  # complete: passes
+    for text, says in (("\n".join([header, *cell[:-1]]) + "\n", "without exactly their 20 rows"),  # a row lost
+                       ("\n".join([header, *cell])[:-2], "ends mid-row")):  # cut inside the last value
+        path.write_text(text)
+        with pytest.raises(MrRobustError, match=says):
+            contracts._check_complete_results(path, contracts.read_results_csv(tmp_path), cells)
+    path.write_text("\n".join([header, *cell]) + "\n")
+    with pytest.raises(MrRobustError, match="run b, eval, noise-1: 0 rows"):  # a cell missing
+        contracts._check_complete_results(path, contracts.read_results_csv(tmp_path), cells | {("b", "eval", "noise", "1")})

@@ -620,6 +620,26 @@ def read_prediction(path: Path | str, rows: int, present=None) -> np.ndarray:
     return array
 
 
+def _check_complete_results(path: Path, rows: list[dict], cells: set[tuple]) -> None:
+    """Refuse a results.csv cut short: it must end with a newline (no row cut mid-value) and hold
+    every (run, bn_mode, artifact, severity) of `cells` with its metrics x labels rows, no other."""
+    from mrrobust.arm_statistics import COLUMN_LABELS, RUN_METRICS
+
+    if not path.read_bytes().endswith(b"\n"):
+        raise MrRobustError(f"{path}: ends mid-row (truncated); {EVALUATE_FIX}")
+    per_cell = len(RUN_METRICS) * len(COLUMN_LABELS)
+    counts: dict[tuple, int] = {}
+    for row in rows:
+        key = (row["run"], row["bn_mode"], row["artifact"], row["severity"])
+        counts[key] = counts.get(key, 0) + 1
+    wrong = sorted(cell for cell in cells | set(counts) if counts.get(cell, 0) != per_cell or cell not in cells)
+    if wrong:
+        run, mode, artifact, severity = wrong[0]
+        raise MrRobustError(f"{path}: {len(wrong)} cell(s) without exactly their {per_cell} rows (first: run {run}, "
+                            f"{mode}, {artifact}-{severity}: {counts.get(wrong[0], 0)} rows); truncated or edited; "
+                            f"{EVALUATE_FIX}")
+
+
 def verify_results(results: Path | str) -> str:
     """The full pass over a RESULTS folder: settings, slices.csv, every prediction file of
     the grid the settings name, results.csv."""
@@ -636,6 +656,9 @@ def verify_results(results: Path | str) -> str:
                                 len(slices), present)
                 checked += 1
     rows = read_results_csv(results)
+    _check_complete_results(results / "results.csv", rows, {(run["name"], mode, artifact, str(severity))
+                                                            for run in settings["runs"] for mode in run["bn_modes"]
+                                                            for artifact, severity in cells})
     return f"{results}: RESULTS intact ({checked} prediction files of {len(slices)} slices, {len(rows)} result rows)"
 
 
