@@ -392,6 +392,7 @@ def benchmark(
     severities: str = _option(_EVALUATION, "severities"),
     bn_modes: str = _option(_EVALUATION, "bn_modes"),
     eval_batch_size: int = typer.Option(64, help="Evaluation batch size."),
+    eval_compile: bool = typer.Option(False, "--eval-compile", help="Evaluate with torch.compile (as `evaluate --compile`)."),
     device: str = _option(_EVALUATION, "device"),
     bootstrap: int = _option(_EVALUATION, "bootstrap"),
     bn_prior: float = _option(_EVALUATION, "bn_prior"),
@@ -423,7 +424,8 @@ def benchmark(
                          workers=workers, quiet=quiet)
     evaluate_options = dict(suite=suite, artifacts=_names(artifacts), severities=_integers(severities, "--severities"),
                             bn_modes=_names(bn_modes), batch_size=eval_batch_size, device=device, bootstrap=bootstrap,
-                            bn_prior=bn_prior, threshold_from=threshold_from, reference_arm=reference_arm)
+                            bn_prior=bn_prior, threshold_from=threshold_from, reference_arm=reference_arm,
+                            compile=eval_compile)
     from mrrobust.benchmark import plan_lines
 
     cluster = None
