@@ -56,9 +56,12 @@ _SQUARES_SAFE = (1e-18, 1e18)  # |x| peak range where re^2 + im^2 neither overfl
 def magnitude(x: torch.Tensor) -> torch.Tensor:
     """complex `(..., H, W)` -> float32 |x|: sqrt(re^2 + im^2) on the real view (half the time of
     `torch.hypot` on the CPU, within an ulp of it); when the largest value lies outside
-    1e-18 .. 1e18 (squares would overflow or underflow in float32), `torch.hypot`."""
+    1e-18 .. 1e18 (squares would overflow or underflow in float32), `torch.hypot`. Off the CPU
+    always `torch.hypot` (cheap there, and checking the range would sync the device)."""
     planes = torch.view_as_real(x)
     re, im = planes[..., 0], planes[..., 1]
+    if x.device.type != "cpu":
+        return torch.hypot(re, im)
     out = torch.addcmul(re * re, im, im).sqrt_()
     peak = float(out.max()) if out.numel() else 1.0
     low, high = _SQUARES_SAFE
@@ -72,9 +75,12 @@ def signal_level(x: torch.Tensor) -> torch.Tensor:
     """`(B,)` float32 per-slice signal level: RMS of |x| (= k-space energy per sample, by Parseval).
 
     One float32 pass; the slices whose float32 sum of squares overflows or underflows (|x| beyond
-    ~1e18 or below ~1e-19) are recomputed in float64, so every finite input gives a finite level."""
+    ~1e18 or below ~1e-19) are recomputed in float64, so every finite input gives a finite level.
+    Off the CPU all in float64 (no device sync to find those slices)."""
     planes = torch.view_as_real(x)
     root = math.sqrt(x.shape[-2] * x.shape[-1])
+    if x.device.type != "cpu":
+        return (torch.linalg.vector_norm(planes, dim=(1, 2, 3), dtype=torch.float64) / root).to(torch.float32)
     level = torch.linalg.vector_norm(planes, dim=(1, 2, 3)) / root
     redo = ~torch.isfinite(level) | (level < 1e-18)
     if bool(redo.any()):
