@@ -120,20 +120,29 @@ def anisotropy_kernel(factor: float, oversample: int = 64) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def _blur_rows(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """complex `(n, H, W)` convolved along H with `anisotropy_kernel(factor)` (edges replicated).
+BLUR_SLICES = 2  # CPU: slices blurred at a time, so every tap's pass stays in the L2 cache
 
-    Works on the contiguous real view `(n, 1, H, 2W)`, so the real and imaginary
-    parts and every column are filtered alike; one multiply-add per tap (a conv
-    kernel's summation order would depend on the batch size)."""
+
+def blur_along(x: torch.Tensor, factor: float, axis: int) -> torch.Tensor:
+    """complex `(n, H, W)` convolved along `axis` (-2: rows, H; -1: columns, W) with
+    `anisotropy_kernel(factor)`, edges replicated.
+
+    On the real view, padded along that axis (`(n, H, 2W)` for rows, `(n, H, W, 2)` for columns)
+    by concatenating edge copies (4x faster than `F.pad`'s replicate mode on the columns' view),
+    so the real and imaginary parts are filtered alike and no transpose is copied; one
+    multiply-add per tap (a conv kernel's summation order would depend on the batch size)."""
     n, h, w = x.shape
     kernel = anisotropy_kernel(factor).tolist()
     radius = len(kernel) // 2
-    planes = torch.view_as_real(x).reshape(n, 1, h, 2 * w)
-    padded = F.pad(planes, (0, 0, radius, radius), mode="replicate")
-    out = padded[:, :, :h] * kernel[0]
+    planes = torch.view_as_real(x)
+    planes, dim = (planes.reshape(n, h, 2 * w), 1) if axis == -2 else (planes, 2)
+    length = planes.shape[dim]
+    edge = [-1] * planes.ndim
+    edge[dim] = radius
+    padded = torch.cat((planes.narrow(dim, 0, 1).expand(edge), planes, planes.narrow(dim, length - 1, 1).expand(edge)), dim)
+    out = padded.narrow(dim, 0, length) * kernel[0]
     for tap in range(1, len(kernel)):
-        out.add_(padded[:, :, tap : tap + h], alpha=kernel[tap])
+        out.add_(padded.narrow(dim, tap, length), alpha=kernel[tap])
     return torch.view_as_complex(out.reshape(n, h, w, 2))
 
 
@@ -149,16 +158,18 @@ def anisotropy(x, level, seeds):
     continuously with the factor). torchio's RandomAnisotropy, the
     inspiration, instead resamples: nearest neighbours down, linear back up
     (aliasing rather than averaging). The axis (rows or columns) is fixed by
-    the seed, the factor grows with severity; the column group is processed
-    transposed. Group membership is known on the CPU: no device sync.
+    the seed, the factor grows with severity; each slice is blurred along its
+    own axis (`blur_along`; on the CPU `BLUR_SLICES` slices at a time). Group
+    membership is known on the CPU: no device sync.
     """
-    along_columns = rnd.uniform(seeds, "anisotropy-axis") < 0.5
+    along_columns = (rnd.uniform(seeds, "anisotropy-axis") < 0.5).tolist()
     out = torch.empty_like(x)
-    for group, transposed in ((~along_columns, False), (along_columns, True)):
-        index = group.nonzero().flatten().to(x.device)
-        if len(index):
-            source, target = (x.transpose(1, 2), out.transpose(1, 2)) if transposed else (x, out)
-            target[index] = _blur_rows(source[index].contiguous(), level)
+    step = BLUR_SLICES if x.device.type == "cpu" else x.shape[0]  # CUDA: one launch per tap and group
+    for axis in (-2, -1):
+        index = [b for b, columns in enumerate(along_columns) if columns == (axis == -1)]
+        for lo in range(0, len(index), step):
+            rows = torch.tensor(index[lo:lo + step], device=x.device)
+            out[rows] = blur_along(x[rows], level, axis)
     return out
 
 
