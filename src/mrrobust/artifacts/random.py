@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -132,11 +133,29 @@ def _workers() -> ThreadPoolExecutor | None:
     return _POOL[2]
 
 
+def _workspace(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This thread's CPU buffers for a `(k, 2, m)` block: hash and scratch uint32 `(k, 2, m)`,
+    uniforms float32 `(k, 2, m)`, real and imaginary parts float32 `(k, m)`. Reused from block
+    to block: a fresh array of this size costs its page faults again on every call (glibc
+    serves it by mmap), as much as the arithmetic."""
+    cache = _LOCAL.__dict__.setdefault("workspaces", {})
+    if shape not in cache:
+        k, _, m = shape
+        cache.clear()
+        cache[shape] = (np.empty(shape, np.uint32), np.empty(shape, np.uint32), torch.empty(shape),
+                        torch.empty(k, m), torch.empty(k, m))
+    return cache[shape]
+
+
+_LOCAL = threading.local()
+
+
 def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, device, consume) -> None:
     """Call `consume(rows, pixels, re, im)` for every block of a `(B, n)` complex N(0, 1) field:
     `re`, `im` `(k, m)` float32 the real and imaginary parts of the samples `rows` and the pixels
     `pixels` (two slices). Identical bits on every device and whatever the blocking. On the CPU the
-    blocks run on `_workers()` threads, so `consume` must write only its own block.
+    blocks run on `_workers()` threads, so `consume` must write only its own block, and must not
+    keep `re`, `im` (the thread's buffers, overwritten by its next block).
 
     Counter-based: pixel p's two uniforms are hashes of counters p and n + p
     under the sample's keys (see the module docstring), turned into a complex
@@ -147,25 +166,34 @@ def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, device, consum
     multiplier = _int32(keys[:, 0] | 1)[:, None, None]
     increment = _int32(keys[:, 1])[:, None, None]
     batch = seeds.shape[0]
-    halves = np.array([[0], [n]], dtype=np.uint32)  # (2, 1): u1's and u2's counters
-
-    def block(rows: slice, pixels: slice) -> None:
-        counter = np.arange(pixels.start, pixels.stop, dtype=np.uint32)[None, :] + halves  # (2, m)
-        if device.type == "cuda":
-            top = _hash_torch(torch.from_numpy(counter.view(np.int32)).to(device),
-                              multiplier[rows].to(device), increment[rows].to(device))
-        else:
-            top = torch.from_numpy(_hash_numpy(counter, multiplier[rows], increment[rows]))
-        u = top.to(torch.float32).add_(0.5).mul_(2.0**-24)
-        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
-        angle = u[:, 1].mul_(2 * math.pi)
-        consume(rows, pixels, torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius))
 
     if device.type == "cuda":
-        block(slice(0, batch), slice(0, n))
+        counter = torch.arange(n, dtype=torch.int64)[None, :] + torch.tensor([[0], [n]])
+        top = _hash_torch(_int32(counter).to(device), multiplier.to(device), increment.to(device))
+        u = torch.add(torch.tensor(2.0**-25, device=device), top, alpha=2.0**-24)  # (top + 0.5) 2**-24
+        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
+        angle = u[:, 1].mul_(2 * math.pi)
+        consume(slice(0, batch), slice(0, n), torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius))
         return
+
+    a = multiplier[:, 0, 0].numpy().view(np.uint32).astype(np.uint64)
+    c = increment[:, 0, 0].numpy().view(np.uint32).astype(np.uint64)
     pixel_step = min(n, _BLOCK)
     rows_step = max(1, _BLOCK // n) if pixel_step == n else 1
+
+    def block(rows: slice, pixels: slice) -> None:
+        k, m = rows.stop - rows.start, pixels.stop - pixels.start
+        hashed, scratch, u, re, im = (buffer[:k, ..., :m] for buffer in _workspace((rows_step, 2, pixel_step)))
+        # counters p (u1) and n + p (u2) under a * counter + c (mod 2**32), from one arange
+        np.multiply(_arange(pixel_step)[:m], (a[rows] & _MASK).astype(np.uint32)[:, None], out=hashed[:, 0])
+        hashed[:, 0] += ((a[rows] * pixels.start + c[rows]) & _MASK).astype(np.uint32)[:, None]
+        np.add(hashed[:, 0], ((a[rows] * n) & _MASK).astype(np.uint32)[:, None], out=hashed[:, 1])
+        _lowbias32_numpy_(hashed, scratch)
+        torch.add(_HALF_STEP, torch.from_numpy(hashed.view(np.int32)), alpha=2.0**-24, out=u)  # (top + 0.5) 2**-24
+        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
+        angle = u[:, 1].mul_(2 * math.pi)
+        consume(rows, pixels, torch.cos(angle, out=re).mul_(radius), torch.sin(angle, out=im).mul_(radius))
+
     blocks = [(slice(lo, min(lo + rows_step, batch)), slice(p0, min(p0 + pixel_step, n)))
               for lo in range(0, batch, rows_step) for p0 in range(0, n, pixel_step)]
     pool = _workers() if len(blocks) > 1 else None
@@ -175,6 +203,19 @@ def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, device, consum
     else:
         for done in [pool.submit(block, rows, pixels) for rows, pixels in blocks]:
             done.result()  # re-raises a worker's error here
+
+
+_HALF_STEP = torch.tensor(2.0**-25)
+
+
+def _arange(m: int) -> np.ndarray:
+    """`(m,)` uint32 0 .. m - 1, made once per length."""
+    if _ARANGE.get("length") != m:
+        _ARANGE.update(length=m, values=np.arange(m, dtype=np.uint32))
+    return _ARANGE["values"]
+
+
+_ARANGE: dict = {}
 
 
 def _hash_torch(counter: torch.Tensor, multiplier: torch.Tensor, increment: torch.Tensor) -> torch.Tensor:
@@ -194,14 +235,18 @@ def _hash_numpy(counter: np.ndarray, multiplier: torch.Tensor, increment: torch.
     c = increment.numpy().view(np.uint32)
     x = counter[None] * a
     x += c
-    scratch = np.empty_like(x)
+    return _lowbias32_numpy_(x, np.empty_like(x)).view(np.int32)
+
+
+def _lowbias32_numpy_(x: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """In place on uint32 `x`: lowbias32, then the top 24 bits (`x >> 8`)."""
     for shift, factor in _LOWBIAS_U32:
         np.right_shift(x, shift, out=scratch)
         x ^= scratch
         if factor is not None:
             x *= factor
     x >>= 8
-    return x.view(np.int32)
+    return x
 
 
 _LOWBIAS_U32 = ((16, np.uint32(0x7FEB352D)), (15, np.uint32(0x846CA68B)), (16, None))
