@@ -115,6 +115,9 @@ def test_noise_field_is_the_same_whatever_the_blocking_and_hash_backend(monkeypa
     ours = rnd._hash_numpy(counter, a, c)
     assert np.array_equal(ours, rnd._hash_torch(torch.from_numpy(counter.view(np.int32)), a, c).numpy())
     assert 0 <= ours.min() and ours.max() < 2**24 and len(np.unique(ours)) > 0.99 * ours.size
+    # the whole field off the CPU (torch ops) is the CPU's numpy field up to the transcendentals' ulp
+    cpu = rnd.normal_field(seeds, "noise", 960, "cpu")
+    torch.testing.assert_close(rnd._normal_field_torch(seeds, "noise", 960, "cpu"), cpu, rtol=2e-6, atol=2e-6)
 
 
 def test_magnitude_matches_hypot_over_the_whole_float32_range():

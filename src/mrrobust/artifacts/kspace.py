@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,24 +102,32 @@ def volume_level(volume) -> float:
 
 
 def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str) -> torch.Tensor:
-    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel (`random.for_each_normal_block`); sigma
-    `(B,)`. The multiply-add is done block by block while the draws are in cache."""
+    """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel (`random.normal_field` as the real
+    view of the H W complex normals); sigma `(B,)`. On the CPU the multiply-add is done block by
+    block while the draws are in cache (`random.for_each_normal_block`), on contiguous runs."""
     batch, n = x.shape[0], x.shape[-2] * x.shape[-1]
-    planes = torch.view_as_real(x).reshape(batch, n, 2)
-    result = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    out = torch.view_as_real(result).view(batch, n, 2)
-    sigma = sigma.to(device=x.device, dtype=planes.dtype)[:, None]
+    sigma = sigma.to(device=x.device, dtype=torch.float32)
+    planes = torch.view_as_real(x.resolve_conj()).reshape(batch, 2 * n)
+    if x.device.type != "cpu":
+        out = torch.addcmul(planes, sigma[:, None], rnd.normal_field(seeds, name, n, x.device))
+        return torch.view_as_complex(out.view(*x.shape, 2))
+    source = planes.numpy()
+    result = torch.empty(x.shape, dtype=x.dtype)
+    target = torch.view_as_real(result).view(batch, 2 * n).numpy()
+    scale = sigma.numpy()[:, None]
 
-    def add(rows, pixels, re, im):
-        for part, noise in ((0, re), (1, im)):
-            torch.addcmul(planes[rows, pixels, part], sigma[rows], noise, out=out[rows, pixels, part])
+    def add(rows, pairs, first, second):
+        for offset, noise in ((0, first), (n, second)):
+            entries = slice(pairs.start + offset, pairs.stop + offset)
+            out = np.multiply(noise, scale[rows], out=target[rows, entries])
+            out += source[rows, entries]
 
-    rnd.for_each_normal_block(seeds, name, n, x.device, add)
+    rnd.for_each_normal_block(seeds, name, n, add)
     return result
 
 
 @register(ARTIFACTS, "noise", ladder=(0.021, 0.043, 0.0786, 0.126, 0.19), domain="k-space", unit="sigma / RMS signal",
-          reference=True)
+          reference=True, blocked=True)
 def noise(x, level, seeds, reference=None):
     """Thermal noise: complex white Gaussian noise in k-space; Rician magnitude.
 

@@ -133,7 +133,7 @@ def _workers() -> ThreadPoolExecutor | None:
     return _POOL[2]
 
 
-def _workspace(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _workspace(shape: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
     """This thread's CPU buffers for a `(k, 2, m)` block: hash and scratch uint32 `(k, 2, m)`,
     uniforms float32 `(k, 2, m)`, real and imaginary parts float32 `(k, m)`. Reused from block
     to block: a fresh array of this size costs its page faults again on every call (glibc
@@ -142,70 +142,93 @@ def _workspace(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, tor
     if shape not in cache:
         k, _, m = shape
         cache.clear()
-        cache[shape] = (np.empty(shape, np.uint32), np.empty(shape, np.uint32), torch.empty(shape),
-                        torch.empty(k, m), torch.empty(k, m))
+        cache[shape] = (np.empty(shape, np.uint32), np.empty(shape, np.uint32), np.empty(shape, np.float32),
+                        np.empty((k, m), np.float32), np.empty((k, m), np.float32))
     return cache[shape]
 
 
 _LOCAL = threading.local()
 
 
-def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, device, consume) -> None:
-    """Call `consume(rows, pixels, re, im)` for every block of a `(B, n)` complex N(0, 1) field:
-    `re`, `im` `(k, m)` float32 the real and imaginary parts of the samples `rows` and the pixels
-    `pixels` (two slices). Identical bits on every device and whatever the blocking. On the CPU the
-    blocks run on `_workers()` threads, so `consume` must write only its own block, and must not
-    keep `re`, `im` (the thread's buffers, overwritten by its next block).
-
-    Counter-based: pixel p's two uniforms are hashes of counters p and n + p
-    under the sample's keys (see the module docstring), turned into a complex
-    normal by Box-Muller (radius sqrt(-2 ln u1), angle 2 pi u2; |z| <= 5.9 as
-    u1 >= 2**-25)."""
-    device = torch.device(device)
+def _sample_keys(seeds: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(B,)` int64: each sample's odd multiplier a and increment c (32-bit values) of its counters."""
     keys = bits(seeds, name, 2)
-    multiplier = _int32(keys[:, 0] | 1)[:, None, None]
-    increment = _int32(keys[:, 1])[:, None, None]
+    return keys[:, 0] | 1, keys[:, 1]
+
+
+def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, consume) -> None:
+    """CPU: call `consume(rows, pairs, first, second)` for every block of the `(B, 2n)` normal
+    field `normal_field` lays out: `first`, `second` `(k, m)` float32 numpy arrays, its entries
+    `pairs` and `n + pairs` (`pairs` a slice of 0..n-1) of the samples `rows`; the same bits
+    whatever the blocking. The blocks run on `_workers()` threads, so `consume` must write only
+    its own block, must not keep `first`, `second` (the thread's buffers, overwritten by its
+    next block), and must use numpy only: a torch op of over 32,768 elements called from another
+    thread starts a second OpenMP team, after which libgomp stops spinning (more threads than
+    cores) and every later torch op in the process waits on wake-ups (measured: anisotropy 2.4x
+    slower)."""
+    multiplier, increment = (k.numpy().astype(np.uint64) for k in _sample_keys(seeds, name))
     batch = seeds.shape[0]
+    pair_step = min(n, _BLOCK)
+    rows_step = max(1, _BLOCK // n) if pair_step == n else 1
 
-    if device.type == "cuda":
-        counter = torch.arange(n, dtype=torch.int64)[None, :] + torch.tensor([[0], [n]])
-        top = _hash_torch(_int32(counter).to(device), multiplier.to(device), increment.to(device))
-        u = torch.add(torch.tensor(2.0**-25, device=device), top, alpha=2.0**-24)  # (top + 0.5) 2**-24
-        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
-        angle = u[:, 1].mul_(2 * math.pi)
-        consume(slice(0, batch), slice(0, n), torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius))
-        return
-
-    a = multiplier[:, 0, 0].numpy().view(np.uint32).astype(np.uint64)
-    c = increment[:, 0, 0].numpy().view(np.uint32).astype(np.uint64)
-    pixel_step = min(n, _BLOCK)
-    rows_step = max(1, _BLOCK // n) if pixel_step == n else 1
-
-    def block(rows: slice, pixels: slice) -> None:
-        k, m = rows.stop - rows.start, pixels.stop - pixels.start
-        hashed, scratch, u, re, im = (buffer[:k, ..., :m] for buffer in _workspace((rows_step, 2, pixel_step)))
-        # counters p (u1) and n + p (u2) under a * counter + c (mod 2**32), from one arange
-        np.multiply(_arange(pixel_step)[:m], (a[rows] & _MASK).astype(np.uint32)[:, None], out=hashed[:, 0])
-        hashed[:, 0] += ((a[rows] * pixels.start + c[rows]) & _MASK).astype(np.uint32)[:, None]
-        np.add(hashed[:, 0], ((a[rows] * n) & _MASK).astype(np.uint32)[:, None], out=hashed[:, 1])
+    def block(rows: slice, pairs: slice) -> None:
+        k, m = rows.stop - rows.start, pairs.stop - pairs.start
+        hashed, scratch, u, first, second = (buffer[:k, ..., :m] for buffer in _workspace((rows_step, 2, pair_step)))
+        a, c = multiplier[rows, None], increment[rows, None]
+        # counters j (u1) and n + j (u2) under a * counter + c (mod 2**32), from one arange
+        np.multiply(_arange(pair_step)[:m], (a & _MASK).astype(np.uint32), out=hashed[:, 0])
+        hashed[:, 0] += ((a * pairs.start + c) & _MASK).astype(np.uint32)
+        np.add(hashed[:, 0], ((a * n) & _MASK).astype(np.uint32), out=hashed[:, 1])
         _lowbias32_numpy_(hashed, scratch)
-        torch.add(_HALF_STEP, torch.from_numpy(hashed.view(np.int32)), alpha=2.0**-24, out=u)  # (top + 0.5) 2**-24
-        radius = u[:, 0].log_().mul_(-2.0).sqrt_()
-        angle = u[:, 1].mul_(2 * math.pi)
-        consume(rows, pixels, torch.cos(angle, out=re).mul_(radius), torch.sin(angle, out=im).mul_(radius))
+        # (top + 0.5) 2**-24, exact in float32 (tops < 2**24)
+        np.multiply(hashed.view(np.int32), np.float32(2.0**-24), out=u, dtype=np.float32, casting="unsafe")
+        u += np.float32(2.0**-25)
+        radius = np.sqrt(np.multiply(np.log(u[:, 0], out=u[:, 0]), np.float32(-2.0), out=u[:, 0]), out=u[:, 0])
+        angle = np.multiply(u[:, 1], np.float32(2 * math.pi), out=u[:, 1])
+        consume(rows, pairs, np.multiply(np.cos(angle, out=first), radius, out=first),
+                np.multiply(np.sin(angle, out=second), radius, out=second))
 
-    blocks = [(slice(lo, min(lo + rows_step, batch)), slice(p0, min(p0 + pixel_step, n)))
-              for lo in range(0, batch, rows_step) for p0 in range(0, n, pixel_step)]
+    blocks = [(slice(lo, min(lo + rows_step, batch)), slice(j0, min(j0 + pair_step, n)))
+              for lo in range(0, batch, rows_step) for j0 in range(0, n, pair_step)]
     pool = _workers() if len(blocks) > 1 else None
     if pool is None:
-        for rows, pixels in blocks:
-            block(rows, pixels)
+        for rows, pairs in blocks:
+            block(rows, pairs)
     else:
-        for done in [pool.submit(block, rows, pixels) for rows, pixels in blocks]:
+        for done in [pool.submit(block, rows, pairs) for rows, pairs in blocks]:
             done.result()  # re-raises a worker's error here
 
 
-_HALF_STEP = torch.tensor(2.0**-25)
+def normal_field(seeds: torch.Tensor, name: str, n: int, device) -> torch.Tensor:
+    """`(B, 2n)` float32 i.i.d. N(0, 1) on `device`, a pure function of (seed, name, n, index):
+    pair j (0..n-1) is hashed from counters j and n + j (module docstring) and Box-Muller puts
+    r cos(theta) at entry j, r sin(theta) at entry n + j. Viewed as `(B, n, 2)` it is the real
+    view of n complex normals. On the CPU `for_each_normal_block` assembled; elsewhere the
+    same hash in torch int32 ops (identical hash bits; the float transcendentals may differ in
+    the last ulp between devices)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        field = torch.empty(seeds.shape[0], 2, n)
+        array = field.numpy()
+
+        def store(rows, pairs, first, second):
+            array[rows, 0, pairs] = first
+            array[rows, 1, pairs] = second
+
+        for_each_normal_block(seeds, name, n, store)
+        return field.view(-1, 2 * n)
+    return _normal_field_torch(seeds, name, n, device)
+
+
+def _normal_field_torch(seeds: torch.Tensor, name: str, n: int, device) -> torch.Tensor:
+    """`normal_field` in torch ops on any device (the path off the CPU; tested on the CPU)."""
+    multiplier, increment = (_int32(k)[:, None, None].to(device) for k in _sample_keys(seeds, name))
+    counter = _int32(torch.arange(n, dtype=torch.int64)[None, :] + torch.tensor([[0], [n]]))
+    top = _hash_torch(counter.to(device), multiplier, increment)
+    u = torch.add(torch.tensor(2.0**-25, device=device), top, alpha=2.0**-24)  # (top + 0.5) 2**-24
+    radius = u[:, 0].log_().mul_(-2.0).sqrt_()
+    angle = u[:, 1].mul_(2 * math.pi)
+    return torch.cat((torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)), dim=1)
 
 
 def _arange(m: int) -> np.ndarray:
@@ -253,14 +276,6 @@ _LOWBIAS_U32 = ((16, np.uint32(0x7FEB352D)), (15, np.uint32(0x846CA68B)), (16, N
 
 
 def complex_noise(seeds: torch.Tensor, name: str, shape: tuple[int, int], device) -> torch.Tensor:
-    """`(B, H, W, 2)` float32 (real, imaginary) parts, i.i.d. N(0, 1), identical on every device
-    (`for_each_normal_block` assembled). A `(B, H, W, 2)` view of `(B, 2, H, W)` planes."""
+    """`(B, H, W, 2)` float32 (real, imaginary) parts, i.i.d. N(0, 1): `normal_field` of H W pairs."""
     h, w = shape
-    planes = torch.empty(seeds.shape[0], 2, h * w, device=device)
-
-    def store(rows, pixels, re, im):
-        planes[rows, 0, pixels] = re
-        planes[rows, 1, pixels] = im
-
-    for_each_normal_block(seeds, name, h * w, device, store)
-    return planes.view(-1, 2, h, w).permute(0, 2, 3, 1)
+    return normal_field(seeds, name, h * w, device).view(-1, h, w, 2)

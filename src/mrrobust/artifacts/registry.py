@@ -30,6 +30,7 @@ class Artifact:
     unit: str
     reference: bool = False  # takes the per-sample signal level `reference=` (noise)
     output: str = "magnitude"  # what `corrupt` returns: "magnitude" |y|, or "real" Re(y) (torchio's semantics)
+    blocked: bool = False  # works in cache-sized blocks itself (noise): `corrupt` gives it the whole CPU batch
 
 
 ARTIFACTS: dict[str, Artifact] = {}
@@ -37,14 +38,14 @@ STUDY: dict[str, Artifact] = {}
 
 
 def register(registry: dict, name: str, ladder: tuple, domain: str, unit: str, reference: bool = False,
-             output: str = "magnitude"):
+             output: str = "magnitude", blocked: bool = False):
     """Decorator: add the function to `registry` under `name` with its ladder; first docstring line is the description."""
     if len(ladder) != SEVERITIES:
         raise ValueError(f"artifact {name!r}: a ladder has {SEVERITIES} steps, got {len(ladder)}")
 
     def add(fn):
         description = (fn.__doc__ or "").strip().splitlines()[0]
-        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit, reference, output)
+        registry[name] = Artifact(name, fn, tuple(ladder), domain, description, unit, reference, output, blocked)
         return fn
 
     return add

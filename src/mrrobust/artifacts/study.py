@@ -70,7 +70,7 @@ def _magnitude_image(x: torch.Tensor) -> torch.Tensor:
     return magnitude(x).to(x.dtype)
 
 
-@register(STUDY, "noise", ladder=LEVELS, domain="k-space", unit="p: sigma = p % of slice max")
+@register(STUDY, "noise", ladder=LEVELS, domain="k-space", unit="p: sigma = p % of slice max", blocked=True)
 def study_noise(x, p, seeds):
     """Rician noise, sigma = p % of the slice maximum (the release's own noise)."""
     sigma = p / 100 * magnitude(x).amax(dim=(-2, -1))
