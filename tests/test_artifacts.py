@@ -242,3 +242,16 @@ def test_random_streams_are_stable_and_uniform():
     torch.testing.assert_close(rnd.uniform(seeds[7:8], "x", (3,)), u[7:8], rtol=0, atol=0)
     n = rnd.normal(seeds, "z", (50,))
     assert abs(float(n.mean())) < 0.01 and abs(float(n.std()) - 1) < 0.01
+
+
+@pytest.mark.parametrize("suite,size", [("mrrobust", 32), ("mrrobust", 31), ("study", 32)])
+def test_noise_magnitude_from_its_blocks_is_the_magnitude_of_the_noisy_image(suite, size):
+    x = validation_slices(3, size, seed=5)
+    seeds = torch.tensor([4, -9, 2**50])
+    function = ARTIFACTS["noise"].function if suite == "mrrobust" else STUDY["noise"].function
+    level = ARTIFACTS["noise"].ladder[2] if suite == "mrrobust" else 3
+    for scale in (1.0, 1e-25, 1e25):  # squares underflow / overflow in float32: the hypot path
+        fused = corrupt(x * scale, "noise", 3, seeds, suite=suite)
+        expected = kspace.magnitude(function(x * scale, level, seeds))
+        assert fused.dtype == torch.float32 and bool(torch.isfinite(fused).all())
+        assert float(((fused - expected).abs() / expected).max()) < 3e-7  # within ~2 ulp

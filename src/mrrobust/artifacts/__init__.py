@@ -120,6 +120,8 @@ def cpu_chunk(x: torch.Tensor) -> int:
 def _apply(artifact: Artifact, x: torch.Tensor, severity: int, seeds: torch.Tensor, level) -> torch.Tensor:
     """The artifact at `severity` (1..5) on a checked batch, as `corrupt` returns it."""
     extra = {"reference": level} if artifact.reference else {}
+    if artifact.blocked and artifact.output == "magnitude":
+        return artifact.function(x, artifact.ladder[int(severity) - 1], seeds, magnitude_only=True, **extra)
     y = artifact.function(x, artifact.ladder[int(severity) - 1], seeds, **extra)
     return y.real.contiguous() if artifact.output == "real" else magnitude(y)
 

@@ -101,34 +101,54 @@ def volume_level(volume) -> float:
     return float(torch.linalg.vector_norm(planes, dtype=torch.float64) / math.sqrt(v.numel()))
 
 
-def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str) -> torch.Tensor:
+def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str,
+                      magnitude_only: bool = False) -> torch.Tensor:
     """x + sigma * (n_re + i n_im), n i.i.d. N(0, 1) per pixel (`random.normal_field` as the real
     view of the H W complex normals); sigma `(B,)`. On the CPU the multiply-add is done block by
-    block while the draws are in cache (`random.for_each_normal_block`), on contiguous runs."""
+    block while the draws are in cache (`random.for_each_normal_block`), on contiguous runs.
+    `magnitude_only`: return `magnitude` of that, float32 `(B, H, W)`; on the CPU with H W even
+    the squares are taken in the same blocks (the complex result is never written), with
+    `magnitude`'s range rule (`torch.hypot` when the peak lies outside 1e-18 .. 1e18)."""
     batch, n = x.shape[0], x.shape[-2] * x.shape[-1]
     sigma = sigma.to(device=x.device, dtype=torch.float32)
     planes = torch.view_as_real(x.resolve_conj()).reshape(batch, 2 * n)
     if x.device.type != "cpu":
         out = torch.addcmul(planes, sigma[:, None], rnd.normal_field(seeds, name, n, x.device))
-        return torch.view_as_complex(out.view(*x.shape, 2))
+        noisy = torch.view_as_complex(out.view(*x.shape, 2))
+        return magnitude(noisy) if magnitude_only else noisy
+    fused = magnitude_only and n % 2 == 0  # a block's entries then hold whole pixels (both parts)
     source = planes.numpy()
-    result = torch.empty(x.shape, dtype=x.dtype)
-    target = torch.view_as_real(result).view(batch, 2 * n).numpy()
+    result = torch.empty(x.shape, dtype=torch.float32 if fused else x.dtype)
+    target = (result if fused else torch.view_as_real(result)).view(batch, -1).numpy()
     scale = sigma.numpy()[:, None]
 
     def add(rows, pairs, first, second):
         for offset, noise in ((0, first), (n, second)):
             entries = slice(pairs.start + offset, pairs.stop + offset)
-            out = np.multiply(noise, scale[rows], out=target[rows, entries])
-            out += source[rows, entries]
+            if not fused:
+                out = np.multiply(noise, scale[rows], out=target[rows, entries])
+                out += source[rows, entries]
+                continue
+            noisy = np.multiply(noise, scale[rows], out=noise)  # the thread's buffer: free to overwrite
+            noisy += source[rows, entries]
+            with np.errstate(over="ignore"):  # an overflow gives inf: the range rule below redoes it
+                noisy *= noisy
+            pixels = target[rows, entries.start // 2:entries.stop // 2]
+            np.sqrt(np.add(noisy[:, 0::2], noisy[:, 1::2], out=pixels), out=pixels)
 
     rnd.for_each_normal_block(seeds, name, n, add)
-    return result
+    if not magnitude_only:
+        return result
+    if not fused:
+        return magnitude(result)
+    low, high = _SQUARES_SAFE
+    peak = float(result.max()) if result.numel() else 1.0
+    return result if low <= peak <= high else magnitude(add_complex_noise(x, sigma, seeds, name))
 
 
 @register(ARTIFACTS, "noise", ladder=(0.021, 0.043, 0.0786, 0.126, 0.19), domain="k-space", unit="sigma / RMS signal",
           reference=True, blocked=True)
-def noise(x, level, seeds, reference=None):
+def noise(x, level, seeds, reference=None, magnitude_only=False):
     """Thermal noise: complex white Gaussian noise in k-space; Rician magnitude.
 
     Receiver thermal noise is white, zero-mean complex Gaussian in k-space with
@@ -140,9 +160,10 @@ def noise(x, level, seeds, reference=None):
     `reference` `(B,)` the signal level of each sample's scan (`volume_level`:
     one sigma per volume); without it each slice's own RMS |x| (`signal_level`:
     one SNR per slice). The field is fixed by the seed; severity scales sigma.
+    `magnitude_only`: return |y| (`add_complex_noise`).
     """
     base = signal_level(x) if reference is None else reference.to(device=x.device, dtype=torch.float32)
-    return add_complex_noise(x, level * base, seeds, "noise")
+    return add_complex_noise(x, level * base, seeds, "noise", magnitude_only)
 
 
 # ---- ghosting -----------------------------------------------------------------

@@ -195,7 +195,12 @@ def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, consume) -> No
         for rows, pairs in blocks:
             block(rows, pairs)
     else:
-        for done in [pool.submit(block, rows, pairs) for rows, pairs in blocks]:
+        def run(group):
+            for rows, pairs in group:
+                block(rows, pairs)
+
+        share = -(-len(blocks) // pool._max_workers)
+        for done in [pool.submit(run, blocks[i:i + share]) for i in range(0, len(blocks), share)]:
             done.result()  # re-raises a worker's error here
 
 

@@ -4,7 +4,8 @@ An artifact function maps complex images `(B, H, W)` to corrupted complex
 images `(B, H, W)` on the same device, given one ladder entry (its physical
 parameters) and the per-sample seeds (CPU int64 `(B,)`); one registered with
 `reference=True` also takes `reference=` (a `(B,)` signal level per sample, or
-None for each slice's own). The ladder is written
+None for each slice's own); one registered with `blocked=True` also takes
+`magnitude_only=True` (return |y|, float32). The ladder is written
 as data on the line that registers the function (ImageNet-C style).
 """
 
@@ -30,7 +31,8 @@ class Artifact:
     unit: str
     reference: bool = False  # takes the per-sample signal level `reference=` (noise)
     output: str = "magnitude"  # what `corrupt` returns: "magnitude" |y|, or "real" Re(y) (torchio's semantics)
-    blocked: bool = False  # works in cache-sized blocks itself (noise): `corrupt` gives it the whole CPU batch
+    blocked: bool = False  # works in cache-sized blocks itself and takes `magnitude_only=True` (noise):
+    #                        `corrupt` gives it the whole CPU batch and asks it for the magnitude
 
 
 ARTIFACTS: dict[str, Artifact] = {}

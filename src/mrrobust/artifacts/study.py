@@ -71,10 +71,10 @@ def _magnitude_image(x: torch.Tensor) -> torch.Tensor:
 
 
 @register(STUDY, "noise", ladder=LEVELS, domain="k-space", unit="p: sigma = p % of slice max", blocked=True)
-def study_noise(x, p, seeds):
+def study_noise(x, p, seeds, magnitude_only=False):
     """Rician noise, sigma = p % of the slice maximum (the release's own noise)."""
     sigma = p / 100 * magnitude(x).amax(dim=(-2, -1))
-    return add_complex_noise(x, sigma, seeds, "study-noise")
+    return add_complex_noise(x, sigma, seeds, "study-noise", magnitude_only)
 
 
 def ghosting_draws(seeds: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
