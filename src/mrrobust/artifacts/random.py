@@ -116,7 +116,7 @@ def _lowbias32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return x
 
 
-_BLOCK = 2**18  # CPU: pixels per block (two 320x320 slices): measured fastest, 2**14 .. 2**20, on 2 threads
+_BLOCK = 2**17  # CPU: pixels per block (one 320x320 slice): measured fastest, 2**15 .. 2**19, on 2 threads
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
 
@@ -133,17 +133,15 @@ def _workers() -> ThreadPoolExecutor | None:
     return _POOL[2]
 
 
-def _workspace(shape: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
-    """This thread's CPU buffers for a `(k, 2, m)` block: hash and scratch uint32 `(k, 2, m)`,
-    uniforms float32 `(k, 2, m)`, real and imaginary parts float32 `(k, m)`. Reused from block
-    to block: a fresh array of this size costs its page faults again on every call (glibc
-    serves it by mmap), as much as the arithmetic."""
+def _workspace(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's two CPU buffers for a `(k, 2, m)` block, uint32: the hashes (then, in place,
+    the uniforms as float32) and the scratch (then the two normals of each pair). Reused from
+    block to block (a fresh array of this size costs its page faults again on every call, as
+    much as the arithmetic), and only two, so a block's working set stays in the L2 cache."""
     cache = _LOCAL.__dict__.setdefault("workspaces", {})
     if shape not in cache:
-        k, _, m = shape
         cache.clear()
-        cache[shape] = (np.empty(shape, np.uint32), np.empty(shape, np.uint32), np.empty(shape, np.float32),
-                        np.empty((k, m), np.float32), np.empty((k, m), np.float32))
+        cache[shape] = (np.empty(shape, np.uint32), np.empty(shape, np.uint32))
     return cache[shape]
 
 
@@ -163,9 +161,9 @@ def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, consume) -> No
     whatever the blocking. The blocks run on `_workers()` threads, so `consume` must write only
     its own block, must not keep `first`, `second` (the thread's buffers, overwritten by its
     next block), and must use numpy only: a torch op of over 32,768 elements called from another
-    thread starts a second OpenMP team, after which libgomp stops spinning (more threads than
-    cores) and every later torch op in the process waits on wake-ups (measured: anisotropy 2.4x
-    slower)."""
+    thread starts a second OpenMP team, and after that every later torch op in the process ran
+    slower (measured: anisotropy 2.4x, torchio's transforms too; more OpenMP threads than
+    cores)."""
     multiplier, increment = (k.numpy().astype(np.uint64) for k in _sample_keys(seeds, name))
     batch = seeds.shape[0]
     pair_step = min(n, _BLOCK)
@@ -173,18 +171,20 @@ def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, consume) -> No
 
     def block(rows: slice, pairs: slice) -> None:
         k, m = rows.stop - rows.start, pairs.stop - pairs.start
-        hashed, scratch, u, first, second = (buffer[:k, ..., :m] for buffer in _workspace((rows_step, 2, pair_step)))
+        hashed, scratch = (buffer[:k, :, :m] for buffer in _workspace((rows_step, 2, pair_step)))
         a, c = multiplier[rows, None], increment[rows, None]
         # counters j (u1) and n + j (u2) under a * counter + c (mod 2**32), from one arange
         np.multiply(_arange(pair_step)[:m], (a & _MASK).astype(np.uint32), out=hashed[:, 0])
         hashed[:, 0] += ((a * pairs.start + c) & _MASK).astype(np.uint32)
         np.add(hashed[:, 0], ((a * n) & _MASK).astype(np.uint32), out=hashed[:, 1])
         _lowbias32_numpy_(hashed, scratch)
-        # (top + 0.5) 2**-24, exact in float32 (tops < 2**24)
+        # (top + 0.5) 2**-24, exact in float32 (tops < 2**24), written over the hashes
+        u = hashed.view(np.float32)
         np.multiply(hashed.view(np.int32), np.float32(2.0**-24), out=u, dtype=np.float32, casting="unsafe")
         u += np.float32(2.0**-25)
         radius = np.sqrt(np.multiply(np.log(u[:, 0], out=u[:, 0]), np.float32(-2.0), out=u[:, 0]), out=u[:, 0])
         angle = np.multiply(u[:, 1], np.float32(2 * math.pi), out=u[:, 1])
+        first, second = scratch[:, 0].view(np.float32), scratch[:, 1].view(np.float32)
         consume(rows, pairs, np.multiply(np.cos(angle, out=first), radius, out=first),
                 np.multiply(np.sin(angle, out=second), radius, out=second))
 
