@@ -255,3 +255,12 @@ def test_noise_magnitude_from_its_blocks_is_the_magnitude_of_the_noisy_image(sui
         expected = kspace.magnitude(function(x * scale, level, seeds))
         assert fused.dtype == torch.float32 and bool(torch.isfinite(fused).all())
         assert float(((fused - expected).abs() / expected).max()) < 3e-7  # within ~2 ulp
+
+
+def test_the_noise_path_off_the_cpu_gives_the_cpu_noise():
+    x = validation_slices(3, 24, seed=2)
+    seeds = torch.tensor([1, 2**33, -5])
+    sigma = torch.tensor([0.1, 0.2, 0.05])
+    cpu = kspace.add_complex_noise(x, sigma, seeds, "noise")
+    torch.testing.assert_close(kspace._add_complex_noise_torch(x, sigma, seeds, "noise"), cpu, rtol=2e-6, atol=2e-6)
+    assert not torch.equal(cpu, x)

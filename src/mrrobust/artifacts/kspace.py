@@ -111,11 +111,10 @@ def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor,
     2 ulp of `magnitude`), so the complex result is never written."""
     batch, n = x.shape[0], x.shape[-2] * x.shape[-1]
     sigma = sigma.to(device=x.device, dtype=torch.float32)
-    planes = torch.view_as_real(x.resolve_conj()).reshape(batch, 2 * n)
     if x.device.type != "cpu":
-        out = torch.addcmul(planes, sigma[:, None], rnd.normal_field(seeds, name, n, x.device))
-        noisy = torch.view_as_complex(out.view(*x.shape, 2))
+        noisy = _add_complex_noise_torch(x, sigma, seeds, name)
         return magnitude(noisy) if magnitude_only else noisy
+    planes = torch.view_as_real(x.resolve_conj()).reshape(batch, 2 * n)
     fused = magnitude_only and n % 2 == 0  # a block's entries then hold whole pixels (both parts)
     source = planes.numpy()
     result = torch.empty(x.shape, dtype=torch.float32 if fused else x.dtype)
@@ -135,6 +134,14 @@ def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor,
 
     rnd.for_each_normal_block(seeds, name, n, add)
     return magnitude(result) if magnitude_only and not fused else result
+
+
+def _add_complex_noise_torch(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor, name: str) -> torch.Tensor:
+    """`add_complex_noise` in torch ops on any device (the path off the CPU; tested on the CPU)."""
+    planes = torch.view_as_real(x.resolve_conj()).reshape(x.shape[0], -1)
+    noise = rnd._normal_field_torch(seeds, name, x.shape[-2] * x.shape[-1], x.device)  # = normal_field off the CPU
+    out = torch.addcmul(planes, sigma.to(device=x.device, dtype=torch.float32)[:, None], noise)
+    return torch.view_as_complex(out.view(*x.shape, 2))
 
 
 @register(ARTIFACTS, "noise", ladder=(0.021, 0.043, 0.0786, 0.126, 0.19), domain="k-space", unit="sigma / RMS signal",
