@@ -233,6 +233,11 @@ def test_results_contracts(tmp_path):
     (tmp_path / "evaluation.json").write_text(json.dumps({**settings, "version": 1}))  # before arms
     with pytest.raises(MrRobustError, match="field version: input should be 2"):
         contracts.read_results_settings(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps({**settings, "compile": "yes"}))
+    with pytest.raises(MrRobustError, match="field compile: input should be a valid boolean"):
+        contracts.read_results_settings(tmp_path)
+    (tmp_path / "evaluation.json").write_text(json.dumps({**settings, "compile": True}))
+    assert contracts.read_results_settings(tmp_path)["compile"] is True
     header = ",".join(contracts.RESULT_COLUMNS)
     (tmp_path / "results.csv").write_text(f"{header}\nb,batch,0,eval,noise,1,mean,auc,0.5,,\n")
     assert contracts.read_results_csv(tmp_path)[0]["value"] == "0.5"

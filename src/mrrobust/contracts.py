@@ -555,6 +555,7 @@ class ResultsSettings(Contract):
     batch_size: PositiveInt
     device: str
     precision: str
+    compile: bool = False  # evaluate --compile (float rounding only; not compared between shards)
     shard: Optional[ShardRecord] = None
 
 
