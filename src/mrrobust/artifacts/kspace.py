@@ -114,12 +114,12 @@ def add_complex_noise(x: torch.Tensor, sigma: torch.Tensor, seeds: torch.Tensor,
     if x.device.type != "cpu":
         noisy = _add_complex_noise_torch(x, sigma, seeds, name)
         return magnitude(noisy) if magnitude_only else noisy
-    planes = torch.view_as_real(x.resolve_conj()).reshape(batch, 2 * n)
+    planes = torch.view_as_real(x.detach().resolve_conj()).reshape(batch, 2 * n)
     fused = magnitude_only and n % 2 == 0  # a block's entries then hold whole pixels (both parts)
     source = planes.numpy()
     result = torch.empty(x.shape, dtype=torch.float32 if fused else x.dtype)
     target = (result if fused else torch.view_as_real(result)).view(batch, -1).numpy()
-    scale = sigma.numpy()[:, None]
+    scale = sigma.detach().numpy()[:, None]
 
     def add(rows, pairs, first, second):
         for offset, noise in ((0, first), (n, second)):

@@ -22,6 +22,7 @@ salted `hash`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -236,14 +237,12 @@ def _normal_field_torch(seeds: torch.Tensor, name: str, n: int, device) -> torch
     return torch.cat((torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)), dim=1)
 
 
+@functools.lru_cache(maxsize=8)
 def _arange(m: int) -> np.ndarray:
-    """`(m,)` uint32 0 .. m - 1, made once per length."""
-    if _ARANGE.get("length") != m:
-        _ARANGE.update(length=m, values=np.arange(m, dtype=np.uint32))
-    return _ARANGE["values"]
-
-
-_ARANGE: dict = {}
+    """`(m,)` uint32 0 .. m - 1, made once per length (read only; the cache is thread-safe)."""
+    values = np.arange(m, dtype=np.uint32)
+    values.flags.writeable = False
+    return values
 
 
 def _hash_torch(counter: torch.Tensor, multiplier: torch.Tensor, increment: torch.Tensor) -> torch.Tensor:
