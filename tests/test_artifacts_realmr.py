@@ -4,6 +4,9 @@ coupled monotone ladders, calibrated bands, noise independence and level, TSE mo
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -328,3 +331,26 @@ def test_line_spectrum_is_the_fft_at_those_lines_and_motion_takes_either_path(re
     assert torch.allclose(few, full_fft, atol=1e-5) and not torch.equal(few, x)
     assert torch.equal(kspace.motion(x[[4, 1]], level, seeds[[4, 1]]), few[[4, 1]])
     assert torch.equal(kspace.motion(x[2:3], level, seeds[2:3]), few[2:3])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_noise_workers_start_no_openmp_team():
+    # a torch op run on a noise worker thread would start an OpenMP team of its own there (one
+    # more OS thread per worker), after which every later torch op in the process ran slower;
+    # the workers run numpy only, so a noise call adds its pool's threads and nothing else
+    script = """
+import os, torch
+torch.set_num_threads(2)
+from mrrobust.artifacts import corrupt
+x = torch.rand(4, 320, 320)
+count = lambda: len(os.listdir("/proc/self/task"))
+corrupt(x, "anisotropy", 3, torch.arange(4))  # the main thread's OpenMP team
+before = count()
+corrupt(x, "noise", 3, torch.arange(4))  # several blocks: the pool of 2 workers
+corrupt(x, "noise", 2, torch.arange(4))
+print(count() - before)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == 2
