@@ -8,13 +8,14 @@ the same corruption whatever the batch around it.
 
 - Small parameter vectors (angles, positions, coefficients) are drawn on the
   CPU in float64 by `uniform` / `normal` and then moved to the device.
-- Large random fields (thermal noise) come from `complex_noise`: a counter-based
-  generator. Pixel counter i of sample b is hashed as lowbias32(a_b * i + c_b)
-  (Wellons' "hash prospector" 2-round integer hash, int32 ops with wrap-around
-  multiplication, identical on the CPU and CUDA), with a_b (odd) and c_b two
-  32-bit keys of the sample's seed; two hashes per pixel give Box-Muller's
-  two uniforms (24 bits each). No shared bank: every (seed, pixel) is its own
-  draw, so two seeds' fields are independent, not windows of one array.
+- Large random fields (thermal noise) come from `normal_field`: a counter-based
+  generator. Counter i of sample b is hashed as lowbias32(a_b * i + c_b)
+  (Wellons' "hash prospector" 2-round integer hash, uint32 / int32 ops with
+  wrap-around multiplication, identical bits on the CPU and CUDA), with a_b
+  (odd) and c_b two 32-bit keys of the sample's seed; the hashes of counters j
+  and n + j give Box-Muller's two uniforms (24 bits each) for the pair of
+  normals j. No shared bank: every (seed, counter) is its own draw, so two
+  seeds' fields are independent, not windows of one array.
 
 A stream is a stable 32-bit id of a name (`stream("noise")`), never Python's
 salted `hash`.
@@ -200,7 +201,7 @@ def for_each_normal_block(seeds: torch.Tensor, name: str, n: int, consume) -> No
             for rows, pairs in group:
                 block(rows, pairs)
 
-        share = -(-len(blocks) // pool._max_workers)
+        share = -(-len(blocks) // torch.get_num_threads())  # one task per worker (`_workers`)
         for done in [pool.submit(run, blocks[i:i + share]) for i in range(0, len(blocks), share)]:
             done.result()  # re-raises a worker's error here
 
