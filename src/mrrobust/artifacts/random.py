@@ -230,8 +230,8 @@ def normal_field(seeds: torch.Tensor, name: str, n: int, device) -> torch.Tensor
 def _normal_field_torch(seeds: torch.Tensor, name: str, n: int, device) -> torch.Tensor:
     """`normal_field` in torch ops on any device (the path off the CPU; tested on the CPU)."""
     multiplier, increment = (_int32(k)[:, None, None].to(device) for k in _sample_keys(seeds, name))
-    counter = _int32(torch.arange(n, dtype=torch.int64)[None, :] + torch.tensor([[0], [n]]))
-    top = _hash_torch(counter.to(device), multiplier, increment)
+    counter = _int32(torch.arange(n, dtype=torch.int64, device=device)[None, :] + torch.tensor([[0], [n]], device=device))
+    top = _hash_torch(counter, multiplier, increment)
     u = torch.add(torch.tensor(2.0**-25, device=device), top, alpha=2.0**-24)  # (top + 0.5) 2**-24
     radius = u[:, 0].log_().mul_(-2.0).sqrt_()
     angle = u[:, 1].mul_(2 * math.pi)
