@@ -58,6 +58,7 @@ import io
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -192,16 +193,12 @@ class _stage:
             torch.cuda.synchronize(self.where.device)
 
     def __enter__(self):
-        import time
-
         if _times is not None:
             self._sync()
             self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
-        import time
-
         if _times is not None:
             self._sync()
             _add_time(self.name, time.perf_counter() - self.started)
@@ -813,7 +810,6 @@ def _predict_cell(passes: list[_Pass], dataset, artifact: str, severity: int, su
     """Stream the split from the STORE, corrupt each batch once (`model_inputs`) and feed it
     to every pending pass of the cell; then write their files. AdaBN's second pass streams
     (and corrupts) the split again: the same inputs, from the same per-slice seeds."""
-    import time
     from contextlib import closing
 
     for round in range(max(p.rounds for p in passes)):
@@ -1043,8 +1039,6 @@ def evaluate(runs, store: Path, out: Path, *, arms: dict | None = None,
     (`mrrobust.shards`) and writes no tables: `write_tables` writes them once the shards are
     merged. Returns `{"out", "cells", "computed", "reused", "arms"}`, counting prediction
     files of the evaluated split (of the shard's cells)."""
-    import time
-
     from mrrobust.arms import resolve_arms
     from mrrobust.provenance import environment, provenance, sizes
     from mrrobust.shards import parse_shard, shard_cells

@@ -13,6 +13,7 @@ A line reads `[evaluate] 12/50 noise-3: 41 s elapsed, about 2 min 10 s left`.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -120,6 +121,7 @@ def progress_bar(enabled: bool, stream=None) -> Progress:
     return Progress(*columns, console=console, disable=not bar)
 
 
+@functools.cache
 def _epoch_lines_class():
     """`EpochLines`, defined on first use: it subclasses Lightning's Callback, and importing
     Lightning (~10 s of CPU) is for training only, not for every command that shows progress."""
@@ -152,12 +154,7 @@ def _epoch_lines_class():
     return EpochLines
 
 
-_LAZY = {}
-
-
 def __getattr__(name: str):
     if name == "EpochLines":  # PEP 562: `from mrrobust.progress import EpochLines` still works
-        if name not in _LAZY:
-            _LAZY[name] = _epoch_lines_class()
-        return _LAZY[name]
+        return _epoch_lines_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

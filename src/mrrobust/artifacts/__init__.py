@@ -94,7 +94,7 @@ def corrupt(images, name: str, severity: int, seeds, suite: str = "mrrobust", re
     step = x.shape[0] if artifact.blocked else cpu_chunk(x)
     if step >= x.shape[0]:
         return _apply(artifact, x, severity, seeds, level)
-    out = torch.empty(x.shape, dtype=torch.float32)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for lo in range(0, x.shape[0], step):
         part = slice(lo, lo + step)
         out[part] = _apply(artifact, x[part], severity, seeds[part], None if level is None else level[part])

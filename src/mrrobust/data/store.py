@@ -191,7 +191,8 @@ class SliceDataset(Dataset):
         if out is None:
             kind = np.complex64 if self.kind == "complex" else np.float32
             out = np.empty((len(rows), *self.image_shape), kind)
-        raw = np.empty((len(rows), *self.image_shape), np.complex64)
+        # complex: read straight into `out` and scale in place; magnitude: via a complex buffer
+        raw = out if self.kind == "complex" else np.empty((len(rows), *self.image_shape), np.complex64)
         begin = 0
         while begin < len(rows):  # one read per run of consecutive slices of one volume
             volume, first = self._volume_of[rows[begin]], self._slice_of[rows[begin]]
@@ -205,7 +206,7 @@ class SliceDataset(Dataset):
             np.abs(raw, out=out)
             out *= self._inverse_scale
         else:
-            np.multiply(raw, self._inverse_scale, out=out)  # the same ufunc as __getitem__
+            out *= self._inverse_scale  # the same ufunc as __getitem__
         return out
 
     @property
