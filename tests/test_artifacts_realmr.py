@@ -354,3 +354,14 @@ print(count() - before)
                           env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) == 2
+
+
+def test_motion_of_a_magnitude_slice_does_not_depend_on_complex_slices_beside_it(real):
+    # a magnitude image resamples one channel: decided per sample, not per batch
+    magnitude = real[:6].abs().to(torch.complex64)
+    seeds = torch.arange(6)
+    alone = corrupt(magnitude, "motion", 3, seeds)
+    mixed = corrupt(torch.cat([real[:6], magnitude]), "motion", 3, torch.cat([seeds, seeds]))
+    assert torch.equal(mixed[6:], alone)
+    assert torch.equal(mixed[:6], corrupt(real[:6], "motion", 3, seeds))
+    assert kspace.real_samples(torch.cat([real[:2], magnitude[:2]])).tolist() == [False, False, True, True]

@@ -344,13 +344,22 @@ FEW_LINES = 8  # CPU: a pose holding at most 8 lines (two shots of echo train 4)
 #               `line_spectrum`'s 8-column DFT (cheaper than the image's FFT), more lines a full FFT
 
 
+def real_samples(x: torch.Tensor) -> torch.Tensor:
+    """`(B,)` bool CPU: the samples of complex `(B, H, W)` whose imaginary parts are all exactly 0
+    (magnitude images). The first row decides for most complex images; only the others are
+    scanned whole."""
+    imaginary = torch.view_as_real(x)[..., 1]
+    phased = imaginary[:, 0].any(dim=1)
+    undecided = (~phased).nonzero().flatten()
+    if len(undecided):
+        phased[undecided] = imaginary[undecided].flatten(1).any(dim=1)
+    return ~phased.cpu()
+
+
 def real_part_if_real(x: torch.Tensor) -> torch.Tensor:
-    """complex `(B, H, W)` -> its real part `(B, H, W)` float (contiguous) when every imaginary
-    part is exactly 0 (a magnitude image), else x unchanged."""
-    planes = torch.view_as_real(x)
-    if bool(planes[:, :1, :, 1].any()) or bool(planes[..., 1].any()):  # the first row usually decides
-        return x
-    return planes[..., 0].contiguous()
+    """complex `(B, H, W)` -> its real part `(B, H, W)` float (contiguous) when every sample is a
+    magnitude image (`real_samples`), else x unchanged."""
+    return torch.view_as_real(x)[..., 0].contiguous() if bool(real_samples(x).all()) else x
 
 
 @dataclass(frozen=True)
@@ -411,10 +420,26 @@ def moving_acquisition(x: torch.Tensor, pose: torch.Tensor, degrees: torch.Tenso
     `pose` `(B, W)` int64 per centred line: 0 = the reference (clean) pose,
     m = the pose `degrees[:, m-1]`, `shifts[:, m-1]` (`(B, M)`, `(B, M, 2)` pixels).
     One bilinear resampling per pose over the whole batch; its lines by a 1-D FFT, or by a DFT
-    of just those lines when they are few (`FEW_LINES`: one shot's lines of a TSE)."""
+    of just those lines when they are few (`FEW_LINES`: one shot's lines of a TSE). A magnitude
+    image (`real_samples`) resamples one channel; the choice is per sample, so a slice's bits
+    do not depend on the other slices of its batch."""
+    real = real_samples(x)
+    if bool(real.all()) or not bool(real.any()):
+        return _acquire(x, pose, degrees, shifts, one_channel=bool(real.all()))
+    out = torch.empty_like(x)
+    for group, one_channel in ((real, True), (~real, False)):
+        rows = group.nonzero().flatten()
+        out[rows.to(x.device)] = _acquire(x[rows.to(x.device)], pose[rows], degrees[rows], shifts[rows], one_channel)
+    return out
+
+
+def _acquire(x: torch.Tensor, pose: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor,
+             one_channel: bool) -> torch.Tensor:
+    """`moving_acquisition` of a batch whose samples are all magnitude images (`one_channel`:
+    the real part is resampled) or all complex."""
     m, w = degrees.shape[1], x.shape[-1]
     pick = pose[:, line_index(w)].to(x.device)  # (B, W) in FFT column order
-    source = real_part_if_real(x)  # a magnitude image resamples one channel
+    source = torch.view_as_real(x)[..., 0].contiguous() if one_channel else x
     k = fft_pe(source)
     limit = FEW_LINES if x.device.type == "cpu" else 0  # CUDA: the FFT (a batched GEMM's kernel may change with the batch)
     for move in range(m):
